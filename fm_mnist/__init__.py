@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #d630f09b
+# %% ../nbs/index.ipynb #f02490c6
 # The public API: `from fm_mnist import UNet, FlowMatching, load_mnist_data` and friends.
 from .utils import get_device, visualize_samples, save_samples_as_images, save_samples_as_numpy
 from .data import load_mnist_data, load_mnist_tensors, MNISTUnavailableError
@@ -14,4 +14,7 @@ from .time_embedding import TimeEmbedding
 from .blocks import ResidualBlock
 from .unet import UNet
 from .flow_matching import FlowMatching
+from .config import ModelConfig, TrainConfig, SampleConfig, PathConfig, PRESETS
+from .training import (train, new_train_state, resume_train_state, TrainState, save_checkpoint, load_checkpoint,
+                               flow_from_checkpoint, load_pretrained, CheckpointError)
 from .sampler import euler_integrate  # also adds FlowMatching.sample

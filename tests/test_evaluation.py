@@ -1,0 +1,107 @@
+"The evaluator behaves as a measuring stick should, on real digits whose answers are known."
+import json, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fm_mnist.evaluation import (Evaluator, classifier_path, file_sha256, frechet_distance, feature_stats,
+                                 nearest_distance, CLASSIFIER_SHA256)
+from fm_mnist.cli import evaluate_main
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 1000
+
+
+@pytest.fixture(scope='module')
+def ev(mnist_root):
+    return Evaluator(mnist_root, device='cpu')
+
+
+def test_shipped_classifier_hash_is_recorded():
+    assert CLASSIFIER_SHA256 and file_sha256(classifier_path()) == CLASSIFIER_SHA256
+
+
+def test_frechet_distance_closed_form():
+    mu1, mu2 = torch.zeros(3, dtype=torch.float64), torch.tensor([1., 2., 2.], dtype=torch.float64)
+    s1 = torch.diag(torch.tensor([1., 4., 9.], dtype=torch.float64))
+    s2 = torch.diag(torch.tensor([4., 4., 1.], dtype=torch.float64))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(9 + 1 + 0 + 4)
+
+
+def test_fid_of_a_set_with_itself_is_zero(ev):
+    feats = ev.test_feats[:N]
+    assert abs(frechet_distance(*feature_stats(feats), *feature_stats(feats))) < 1e-3
+
+
+def test_real_against_real_is_the_floor(ev):
+    g = torch.Generator().manual_seed(0)
+    real = ev.x_train[torch.randperm(len(ev.x_train), generator=g)[:N]]
+    assert ev.fid(real) == pytest.approx(ev.floor(N)['fid_floor'])
+    assert ev.floor(N)['fid_floor'] < 2.0
+
+
+def test_degraded_digits_score_much_worse(ev):
+    real = ev.x_train[:N]
+    floor = ev.floor(N)['fid_floor']
+    torch.manual_seed(0)
+    assert ev.fid((real + 0.3 * torch.randn_like(real)).clamp(-1, 1)) > 5 * floor
+    assert ev.fid(F.avg_pool2d(real, 3, stride=1, padding=1)) > 2 * floor
+    assert ev.fid(torch.rand_like(real) * 2 - 1) > 50 * floor
+
+
+def test_single_class_shows_in_the_histogram(ev):
+    threes = ev.x_test[ev.y_test == 3][:N]
+    r = ev.evaluate(threes, floor=False)
+    assert r['class_histogram'][3] > 0.95 and r['class_tv_from_uniform'] > 0.85
+    mixed = ev.evaluate(ev.x_test[:N], floor=False)
+    assert mixed['class_tv_from_uniform'] < 0.05 and mixed['confidence'] > 0.98
+
+
+def test_memorisation_check(ev):
+    copies = ev.x_train[:200]
+    assert nearest_distance(copies, ev.x_train).max() < 1e-3
+    assert ev.evaluate(ev.x_test[:200], floor=False)['nn_distance'] > 3
+
+
+@pytest.mark.skipif(not classifier_path().is_file(), reason='no shipped classifier')
+def test_fm_evaluate_writes_json(tmp_path, mnist_root, capsys):
+    out = tmp_path / 'eval.json'
+    rc = evaluate_main(['--pretrained', '--num_samples', '200', '--num_steps', '4', '--device', 'cpu',
+                        '--data_dir', str(mnist_root), '--json', str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    for key in ('fid', 'fid_floor', 'confidence', 'class_histogram', 'class_tv_from_uniform', 'nn_distance', 'num_samples'):
+        assert key in res
+    assert res['num_samples'] == 200 and res['nfe'] == 4
+    assert 'FID floor' in capsys.readouterr().out
+
+
+def test_benchmarks_smoke(tmp_path, mnist_root):
+    rc = subprocess.run([sys.executable, 'benchmarks/quality_vs_nfe.py', '--pretrained', '--num_samples', '100', '--nfe', '1,2',
+                         '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stderr
+    assert json.loads((tmp_path / 'quality_vs_nfe.json').read_text())['rows'][0]['nfe'] == 1
+    assert (tmp_path / 'quality_vs_nfe.png').is_file() and '| euler |' in (tmp_path / 'quality_vs_nfe.md').read_text()
+    rc = subprocess.run([sys.executable, 'benchmarks/speed.py', '--base_channels', '8', '--batch_size', '8', '--steps', '1',
+                         '--warmup', '1', '--sample_batch', '4', '--device', 'cpu', '--json', str(tmp_path / 'speed.json')],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stderr
+    speed = json.loads((tmp_path / 'speed.json').read_text())
+    assert speed['train_images_per_s'] > 0 and speed['gflops_per_image_forward'] > 0
+
+
+def test_side_by_side_smoke(tmp_path, mnist_root):
+    pytest.importorskip('torchcfm')
+    pytest.importorskip('torchdiffeq')
+    rc = subprocess.run([sys.executable, 'benchmarks/side_by_side.py', '--images', '256', '--num_samples', '20',
+                         '--euler_steps', '2', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    res = json.loads((tmp_path / 'side_by_side.json').read_text())
+    assert set(res['results']) == {'fm_mnist', 'torchcfm_reference'}
+    for side in res['results'].values():
+        assert side['parameters'] > 0 and side['dopri5']['nfe'] >= 2 and side['euler_2']['nfe'] == 2
+    assert res['meta']['images_seen'] == 256 and res['ratios']['train_speed'] > 0

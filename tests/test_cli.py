@@ -109,9 +109,11 @@ def test_generate_with_the_shipped_model(tmp_path):
 
 
 def test_console_scripts_are_installed():
-    for cmd in ('fm-train', 'fm-generate'):
-        rc, out, err = run([cmd, '--help'])
+    for cmd in (['fm-train'], ['fm-generate'], ['fm-evaluate'], [sys.executable, '-m', 'fm_mnist', 'evaluate']):
+        rc, out, err = run(cmd + ['--help'])
         assert rc == 0 and '--device' in out, err
+    rc, out, err = run([sys.executable, '-m', 'fm_mnist', 'generate', '--num_steps', '0'])
+    assert _one_line_error(rc, err, 2)
 
 
 def test_same_seed_same_weights(mnist_root, tmp_path):
@@ -154,9 +156,10 @@ def _one_line_error(rc, err, code):
 
 @pytest.mark.parametrize('argv', [['--epochs', '0'], ['--epochs', '-1'], ['--batch_size', '0'], ['--lr', 'nan'],
                                   ['--time_emb_dim', '15'], ['--preset', 'tpu']])
-def test_invalid_training_flags(argv, capsys):
-    rc = train_main(argv + ['--results_dir', 'unused', '--no_progress'])
+def test_invalid_training_flags(argv, tmp_path, capsys):
+    rc = train_main(argv + ['--results_dir', str(tmp_path / 'results'), '--no_progress'])
     _one_line_error(rc, capsys.readouterr().err, 2)
+    assert not (tmp_path / 'results').exists()  # nothing is written for an invalid flag
 
 
 @pytest.mark.parametrize('argv', [['--num_samples', '0'], ['--num_steps', '-5'], ['--batch_size', '0'],
@@ -175,7 +178,8 @@ def test_absent_device_scripts():
 def test_no_checkpoint_yet(tmp_path):
     rc, out, err = run(script('generate_samples.py'), cwd=tmp_path)
     assert 'train first with' in _one_line_error(rc, err, 1)
-    rc, out, err = run(script('train_main.py') + ['--resume', '--results_dir', str(tmp_path / 'r'), '--data_dir', 'unused'])
+    rc, out, err = run(script('train_main.py') + ['--resume', '--results_dir', str(tmp_path / 'r'), '--data_dir', str(tmp_path / 'no_data')])
+    assert not (tmp_path / 'no_data').exists()  # the missing checkpoint is reported before any data is read
     assert _one_line_error(rc, err, 1)
 
 

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #7a9477a6
+# %% ../nbs/index.ipynb #524444ad
 # The public API: `from fm_mnist import UNet, FlowMatching, load_mnist_data` and friends.
 from .utils import get_device, visualize_samples, save_samples_as_images, save_samples_as_numpy
 from .data import load_mnist_data, load_mnist_tensors, MNISTUnavailableError

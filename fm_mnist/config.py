@@ -22,6 +22,7 @@ class ModelConfig:
     num_res_blocks: int = 1
     attention: bool = True
     dropout: float = 0.0
+    num_classes: int | None = None          # 10: class-conditional (digits on demand); None: unconditional
 
     def build(self) -> UNet:
         "A freshly initialised `UNet` with this architecture."
@@ -40,12 +41,17 @@ class TrainConfig:
     seed: int = 0
     max_steps_per_epoch: int | None = None  # shorten epochs (smoke runs)
     log_every: int = 25                     # steps between progress-bar refreshes (the only host-device syncs)
+    time_sampling: str = 'uniform'          # how training times are drawn: 'uniform' or 'logit_normal'
+    label_dropout: float = 0.1              # conditional models: probability of training a label as "no label"
+    compile: bool = False                   # torch.compile the model's forward pass (CUDA; slow start, faster steps)
 
 @dataclass
 class SampleConfig:
-    "Sampling: how many images, how many Euler steps."
+    "Sampling: how many images, which ODE solver and how many steps, how strongly to follow a requested digit."
     num_samples: int = 64
     num_steps: int = 100
+    solver: str = 'euler'          # euler, midpoint, heun, rk4 (fixed steps) or dopri5 (adaptive, needs torchdiffeq)
+    guidance_scale: float = 2.0    # conditional models: w in v_uncond + w (v_cond - v_uncond)
     batch_size: int | None = None  # samples per model call; None: all at once
     seed: int | None = None
 

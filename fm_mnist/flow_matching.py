@@ -11,13 +11,20 @@ import torch.nn.functional as F
 from .utils import get_device
 
 # %% auto #0
-__all__ = ['FlowMatching']
+__all__ = ['TIME_SAMPLINGS', 'FlowMatching']
 
 # %% ../nbs/50_flow_matching.ipynb #1c53656d
+TIME_SAMPLINGS = ('uniform', 'logit_normal')
+
 class FlowMatching:
     "Conditional flow matching (Lipman et al. 2023) with straight paths: t = 0 is noise, t = 1 is data."
-    def __init__(self, model: nn.Module, device: str | torch.device | None = None):
+    def __init__(self, model: nn.Module, device: str | torch.device | None = None, time_sampling: str = 'uniform',
+                 label_dropout: float = 0.1):
+        if time_sampling not in TIME_SAMPLINGS: raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+        if not 0 <= label_dropout <= 1: raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
         self.model = model.to(get_device(device))
+        self.time_sampling, self.label_dropout = time_sampling, label_dropout
+        self.num_classes = getattr(model, 'num_classes', None)  # None: unconditional model
 
     @property
     def device(self) -> torch.device:
@@ -25,8 +32,14 @@ class FlowMatching:
         return next(self.model.parameters()).device
 
     def sample_time(self, n: int) -> torch.Tensor:
-        "Training times `(n,)`, uniform on [0, 1]."
+        "Training times `(n,)` in [0, 1]: uniform, or logit-normal (sigmoid of a standard normal; Esser et al. 2024)."
+        if self.time_sampling == 'logit_normal': return torch.sigmoid(torch.randn(n, device=self.device))
         return torch.rand(n, device=self.device)
+
+    def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        "Replace each label of `y` `(B,)` by the no-label token `num_classes` with probability `label_dropout` (classifier-free training)."
+        drop = torch.rand(y.shape[0], device=y.device) < self.label_dropout
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
 
     @staticmethod
     def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -39,10 +52,13 @@ class FlowMatching:
         "Velocity along the path: u_t = d x_t / dt = x1 - x0 (Lipman et al. 2023, eq. 23, sigma_min = 0)."
         return x1 - x0
 
-    def loss(self, x1: torch.Tensor, x0: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
-        "Conditional flow-matching loss (eq. 23) on a data batch `x1` `(B, 1, 28, 28)`: a scalar."
+    def loss(self, x1: torch.Tensor, x0: torch.Tensor | None = None, t: torch.Tensor | None = None,
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        "Conditional flow-matching loss (eq. 23) on a data batch `x1` `(B, 1, 28, 28)`, with its labels `y` `(B,)` for a class-conditional model: a scalar."
         x1 = x1.to(self.device)
         x0 = torch.randn_like(x1) if x0 is None else x0.to(self.device)
         t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
-        v = self.model(self.interpolate(x0, x1, t), t)
+        xt = self.interpolate(x0, x1, t)
+        if self.num_classes is None: v = self.model(xt, t)   # unconditional: labels, if given, are not used
+        else: v = self.model(xt, t, None if y is None else self.drop_labels(y.to(self.device)))
         return F.mse_loss(v, self.target_velocity(x0, x1))

@@ -45,13 +45,16 @@ class SelfAttention(nn.Module):
 
 # %% ../nbs/40_unet.ipynb #31ba9984
 class UNet(nn.Module):
-    "Velocity network `v(x, t)`: `x` `(B, in_channels, 28, 28)`, `t` float or `(B,)` in [0, 1] -> `(B, in_channels, 28, 28)`."
+    "Velocity network `v(x, t[, y])`: `x` `(B, in_channels, 28, 28)`, `t` float or `(B,)` in [0, 1], optional labels `y` `(B,)` -> `(B, in_channels, 28, 28)`."
     def __init__(self, in_channels: int = 1, time_emb_dim: int = 128, base_channels: int = 64,
                  channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1, attention: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, num_classes: int | None = None):
         super().__init__()
         chs = [base_channels * m for m in channel_mults]
         self.time_embedding = TimeEmbedding(time_emb_dim)
+        # optional class conditioning: one learned vector per digit, plus index `num_classes` for "no label"
+        self.num_classes = num_classes
+        self.class_embedding = nn.Embedding(num_classes + 1, time_emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, chs[0], 3, padding=1)
         block = lambda cin, cout: ResidualBlock(cin, cout, time_emb_dim, dropout)
 
@@ -76,10 +79,14 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(chs[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight); nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0: t = t.expand(x.shape[0])
         t_emb = self.time_embedding(t)                      # (B, time_emb_dim)
+        if self.class_embedding is not None:                # y (B,) in 0..num_classes; None or num_classes: no label
+            if y is None: y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            t_emb = t_emb + self.class_embedding(y)
+        elif y is not None: raise ValueError("this UNet is unconditional (num_classes=None): it takes no labels")
         h, skips = self.conv_in(x), []
         for blocks, down in zip(self.down, self.downsample):
             for b in blocks: h = b(h, t_emb)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_scripts.ipynb #871c8449
 from __future__ import annotations
-import argparse, ctypes, math, re, sys, time
+import argparse, ctypes, math, os, re, sys, time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,12 +15,14 @@ from .data import MNISTUnavailableError, load_mnist_tensors
 from .training import (CheckpointError, NonFiniteLossError, TrainState, flow_from_checkpoint, load_checkpoint,
                                load_pretrained, new_train_state, resume_train_state, save_checkpoint, train)
 from .unet import count_parameters
-from .utils import get_device, save_samples_as_images, save_samples_as_numpy, visualize_samples
-import fm_mnist.sampler  # adds FlowMatching.sample
+from .utils import (SampleArrayWriter, get_device, save_samples_as_images, save_samples_as_numpy,
+                            save_trajectory_gif, visualize_samples)
+from .sampler import SOLVERS, check_solver  # importing the sampler adds FlowMatching.sample
 
 # %% auto #0
-__all__ = ['UsageError', 'RunError', 'run_cli', 'positive', 'find_latest_checkpoint', 'tune_cpu_allocator', 'train_parser',
-           'train_main', 'generate_parser', 'generate_main', 'evaluate_parser', 'format_results', 'evaluate_main']
+__all__ = ['GRID_LIMIT', 'UsageError', 'RunError', 'run_cli', 'positive', 'find_latest_checkpoint', 'tune_cpu_allocator',
+           'train_parser', 'train_main', 'generate_parser', 'generate_main', 'evaluate_parser', 'format_results',
+           'evaluate_main']
 
 # %% ../nbs/90_scripts.ipynb #ea90b870
 class UsageError(Exception):
@@ -92,13 +94,31 @@ def tune_cpu_allocator() -> bool:
                ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)))
 
 # %% ../nbs/90_scripts.ipynb #9840adcd
+def _add_sampling_flags(p: argparse.ArgumentParser, steps_help: str = 'solver steps (more: better, slower)'):
+    "Flags shared by every script that samples: solver, steps and guidance."
+    sc = SampleConfig()
+    p.add_argument('--num_steps', type=positive(), default=sc.num_steps, help=steps_help)
+    p.add_argument('--solver', choices=list(SOLVERS), default=sc.solver,
+                   help='ODE solver: fixed-step euler/midpoint/heun/rk4 (1/2/2/4 NFE per step) or adaptive dopri5 (torchdiffeq)')
+    p.add_argument('--rtol', type=positive(float), default=1e-4, help='dopri5 relative tolerance')
+    p.add_argument('--atol', type=positive(float), default=1e-4, help='dopri5 absolute tolerance')
+    p.add_argument('--guidance_scale', type=float, default=sc.guidance_scale,
+                   help='conditional models: classifier-free guidance w (0: ignore the label, 1: plain conditional)')
+
+def _check_sampling_flags(args):
+    try: check_solver(args.solver)
+    except ImportError as e: raise UsageError(f'--solver dopri5: {e}') from None
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
+        raise UsageError(f'--guidance_scale must be a finite number >= 0, got {args.guidance_scale}')
+
 def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='fm-train', description='Train a flow-matching UNet on MNIST and write checkpoints and samples.',
+    p = _Parser(prog='fm-train', description='Train a flow-matching UNet on MNIST and write checkpoints and samples. '
+                'Under torchrun, trains with DistributedDataParallel on all processes.',
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pc, sc = PathConfig(), SampleConfig()
     p.add_argument('--preset', choices=sorted(PRESETS), default='gpu', help='recipe: model size and schedule (see the config notebook)')
     p.add_argument('--epochs', type=positive(), help='epochs to train (default: the preset\'s, 50 for gpu)')
-    p.add_argument('--batch_size', type=positive(), help='images per step (default: the preset\'s, 128)')
+    p.add_argument('--batch_size', type=positive(), help='images per step, over all processes (default: the preset\'s, 128)')
     p.add_argument('--lr', type=positive(float), help='peak learning rate (default: the preset\'s)')
     p.add_argument('--sample_every', type=positive(), default=pc.sample_every, help='epochs between sample grids')
     p.add_argument('--checkpoint_every', type=positive(), default=pc.checkpoint_every, help='epochs between checkpoints')
@@ -108,11 +128,15 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help='random seed (default: the preset\'s, 0)')
     p.add_argument('--base_channels', type=positive(), help='UNet width (default: the preset\'s)')
     p.add_argument('--time_emb_dim', type=positive(), help='time-embedding size, even (default: the preset\'s)')
+    p.add_argument('--conditional', action='store_true', help='class-conditional model (digits on demand, classifier-free guidance)')
+    p.add_argument('--label_dropout', type=float, help='conditional: probability of hiding a label in training (default: 0.1)')
+    p.add_argument('--time_sampling', choices=['uniform', 'logit_normal'], help='how training times are drawn (default: uniform)')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model (CUDA: slower start, faster steps)')
     p.add_argument('--max_steps_per_epoch', type=positive(), help='cut epochs short (smoke runs)')
     p.add_argument('--resume', nargs='?', const='latest', metavar='CHECKPOINT',
                    help='continue from the newest checkpoint in --results_dir, or from CHECKPOINT')
     p.add_argument('--num_samples', type=positive(), default=sc.num_samples, help='samples per grid')
-    p.add_argument('--num_steps', type=positive(), default=sc.num_steps, help='Euler steps when sampling')
+    _add_sampling_flags(p, 'solver steps when sampling')
     p.add_argument('--no_progress', action='store_true', help='no progress bar')
     return p
 
@@ -121,59 +145,101 @@ def _configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
     "The preset's configs with the flags that were given applied on top."
     mc, tc = PRESETS[args.preset]
     mc = replace(mc, **{k: getattr(args, k) for k in ('base_channels', 'time_emb_dim') if getattr(args, k) is not None})
-    tc = replace(tc, **{k: getattr(args, k) for k in ('epochs', 'batch_size', 'lr', 'seed', 'max_steps_per_epoch')
-                        if getattr(args, k) is not None})
+    if args.conditional: mc = replace(mc, num_classes=10)
+    tc = replace(tc, **{k: getattr(args, k) for k in ('epochs', 'batch_size', 'lr', 'seed', 'max_steps_per_epoch',
+                                                      'time_sampling', 'label_dropout') if getattr(args, k) is not None})
+    if args.compile: tc = replace(tc, compile=True)
     if mc.time_emb_dim % 2: raise UsageError(f'--time_emb_dim must be even, got {mc.time_emb_dim}')
+    if not 0 <= tc.label_dropout <= 1: raise UsageError(f'--label_dropout must be in [0, 1], got {tc.label_dropout}')
     return mc, tc
 
-def _save_samples(flow, n: int, steps: int, seed: int, grid: Path, individual: Path, npy: Path | None = None):
-    samples = flow.sample(num_samples=n, num_steps=steps, seed=seed)
-    visualize_samples(samples, save_path=grid, nrow=8, show=False)
+def _grid_labels(flow, n: int, digit: int | None = None):
+    "Labels for `n` samples: None for an unconditional model; `digit` for all; else 0-9 repeated (one digit per grid column)."
+    if flow.num_classes is None:
+        if digit is not None: raise UsageError('--digit needs a class-conditional model (train one with --conditional, '
+                                               'or use --pretrained conditional)')
+        return None
+    return [digit] * n if digit is not None else [i % flow.num_classes for i in range(n)]
+
+def _sample_kwargs(args) -> dict:
+    return dict(num_steps=args.num_steps, solver=args.solver, guidance_scale=args.guidance_scale, rtol=args.rtol, atol=args.atol)
+
+def _save_samples(flow, args, seed: int, grid: Path, individual: Path, npy: Path | None = None):
+    labels = _grid_labels(flow, args.num_samples)
+    samples = flow.sample(num_samples=args.num_samples, seed=seed, labels=labels, **_sample_kwargs(args))
+    visualize_samples(samples, save_path=grid, nrow=8 if labels is None else 10, show=False)
     save_samples_as_images(samples, individual, prefix='sample')
     if npy is not None: save_samples_as_numpy(samples, npy)
 
+def _init_distributed(device_flag: str | None) -> tuple[int, int, torch.device]:
+    "`(rank, world_size, device)`; under torchrun (WORLD_SIZE > 1) also joins the process group: NCCL on CUDA, gloo on CPU."
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    device = _device(device_flag)
+    if world == 1: return 0, 1, device
+    import torch.distributed as dist
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+        torch.cuda.set_device(device)
+    elif device.type == 'cpu':  # share the cores instead of each process taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world))))
+    else: raise UsageError(f'--device {device.type}: several processes need CUDA or the CPU')
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return dist.get_rank(), world, device
+
 def _train(args):
     tune_cpu_allocator()
-    device = _device(args.device)
     if not args.resume: mc, tc = _configs_from_args(args)  # flag errors first, before any file or data is touched
-    results = _writable_dir(args.results_dir, '--results_dir')
+    _check_sampling_flags(args)
+    rank, world, device = _init_distributed(args.device)
+    try: _train_on(args, rank, world, device, None if args.resume else (mc, tc))
+    finally:
+        if world > 1: torch.distributed.destroy_process_group()
+
+def _train_on(args, rank: int, world: int, device: torch.device, configs):
+    say = print if rank == 0 else (lambda *a, **k: None)  # only process 0 talks and writes
+    results = _writable_dir(args.results_dir, '--results_dir') if rank == 0 else Path(args.results_dir)
     if args.resume:
         path = find_latest_checkpoint(results) if args.resume == 'latest' else Path(args.resume)
         if path is None: raise RunError(f'no checkpoint to resume from in {results}; train first with: python train_main.py --results_dir {results}')
         ckpt = load_checkpoint(path)
-    images, _ = load_mnist_tensors(args.data_dir, train=True)
+        if ckpt['train_config']['batch_size'] % world:
+            raise UsageError(f"the checkpoint's batch size {ckpt['train_config']['batch_size']} is not divisible by {world} processes")
+    elif configs[1].batch_size % world:
+        raise UsageError(f'--batch_size {configs[1].batch_size} must be divisible by the number of processes ({world})')
+    images, labels = load_mnist_tensors(args.data_dir, train=True)
     if args.resume:
         tc = ckpt['train_config']
         steps = min(images.shape[0] // tc['batch_size'], tc['max_steps_per_epoch'] or math.inf)
         state = resume_train_state(ckpt, device=device, steps_per_epoch=steps, epochs=args.epochs)
-        print(f'resuming from {path} (epoch {state.epoch})')
+        say(f'resuming from {path} (epoch {state.epoch})')
         if state.epoch >= state.train_config.epochs:
-            print(f'nothing to do: already trained for {state.epoch} epochs; pass --epochs N (N > {state.epoch}) to continue')
+            say(f'nothing to do: already trained for {state.epoch} epochs; pass --epochs N (N > {state.epoch}) to continue')
             return
     else:
+        mc, tc = configs
         if tc.batch_size > images.shape[0]: raise UsageError(f'--batch_size {tc.batch_size} is larger than the training set')
         steps = min(images.shape[0] // tc.batch_size, tc.max_steps_per_epoch or math.inf)
         state = new_train_state(mc, tc, device=device, steps_per_epoch=steps)
-    tc = state.train_config
-    print(f'training on {state.flow.device}: {count_parameters(state.flow.model):,} parameters, {tc.epochs} epochs of '
-          f'{steps} steps (batch {tc.batch_size}), results in {results}/')
+    tc, kind = state.train_config, 'class-conditional' if state.flow.num_classes else 'unconditional'
+    procs = f' x {world} processes' if world > 1 else ''
+    say(f'training on {state.flow.device}{procs}: {kind}, {count_parameters(state.flow.model):,} parameters, {tc.epochs} epochs of '
+        f'{steps} steps (batch {tc.batch_size}), results in {results}/')
 
     saved = [path] if args.resume else []  # checkpoints of this run, newest last
 
     clock = [time.perf_counter()]
 
-    def on_epoch_end(st: TrainState):
+    def on_epoch_end(st: TrainState):  # called on process 0 only
         e, now = st.epoch, time.perf_counter()
         n = min(steps, len(st.losses))
-        print(f'epoch {e}/{tc.epochs}: mean loss {sum(st.losses[-n:]) / max(n, 1):.4f}, {now - clock[0]:.1f} s, '
-              f'{n * tc.batch_size / (now - clock[0]):.0f} images/s', flush=True)
+        say(f'epoch {e}/{tc.epochs}: mean loss {sum(st.losses[-n:]) / max(n, 1):.4f}, {now - clock[0]:.1f} s, '
+            f'{n * tc.batch_size / (now - clock[0]):.0f} images/s', flush=True)
         if e % args.sample_every == 0:
-            _save_samples(st.ema_flow(), args.num_samples, args.num_steps, tc.seed,
-                          results / f'samples_epoch_{e}.png', results / 'individual_samples' / f'epoch_{e}')
+            _save_samples(st.ema_flow(), args, tc.seed, results / f'samples_epoch_{e}.png', results / 'individual_samples' / f'epoch_{e}')
         if e % args.checkpoint_every == 0: saved.append(save_checkpoint(st, results / f'checkpoint_epoch_{e}.pt'))
         clock[0] = time.perf_counter()  # the next epoch's time excludes sampling and saving
 
-    try: train(state, images, on_epoch_end=on_epoch_end, progress=not args.no_progress)
+    try: train(state, images, labels, on_epoch_end=on_epoch_end, progress=not args.no_progress)
     except KeyboardInterrupt:
         last = f'continue from {saved[-1]} with --resume' if saved else 'no checkpoint was written yet'
         raise KeyboardInterrupt(f'interrupted during epoch {state.epoch + 1}; {last}') from None
@@ -181,55 +247,93 @@ def _train(args):
         last = f'{saved[-1]} (continue from it with --resume {saved[-1]})' if saved else 'none was written yet'
         raise NonFiniteLossError(f'{e}; training stopped, nothing more was saved. Last good checkpoint: {last}; '
                                  f'a lower --lr may help') from None
+    if rank > 0: return
     save_checkpoint(state, results / 'checkpoint_final.pt')
     final = results / 'final_samples'
-    _save_samples(state.ema_flow(), args.num_samples, args.num_steps, tc.seed, final / 'final_samples_grid.png',
-                  final / 'individual', final / 'final_samples.npy')
-    print(f'done: {results / "checkpoint_final.pt"} and {final}/')
+    _save_samples(state.ema_flow(), args, tc.seed, final / 'final_samples_grid.png', final / 'individual', final / 'final_samples.npy')
+    say(f'done: {results / "checkpoint_final.pt"} and {final}/')
 
 def train_main(argv=None) -> int:
     "Entry point of `train_main.py` and `fm-train`."
     return run_cli(_train, train_parser(), argv)
 
 # %% ../nbs/90_scripts.ipynb #c8065236
+GRID_LIMIT = 400  # the grid shows at most this many samples; the rest go to individual/ and the .npy file
+
 def generate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='fm-generate', description='Generate MNIST digits from a trained flow-matching checkpoint.',
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sc, pc = SampleConfig(), PathConfig()
     src = p.add_mutually_exclusive_group()
     src.add_argument('--checkpoint', help='checkpoint file (default: the newest in --results_dir)')
-    src.add_argument('--pretrained', action='store_true', help='use the model shipped with fm_mnist')
+    src.add_argument('--pretrained', nargs='?', const='auto', choices=['auto', 'unconditional', 'conditional'],
+                     help='use a model shipped with fm_mnist (auto: the conditional one if --digit is given)')
     p.add_argument('--results_dir', default=pc.results_dir, help='where to look for the newest checkpoint')
     p.add_argument('--num_samples', type=positive(), default=sc.num_samples, help='number of images')
-    p.add_argument('--num_steps', type=positive(), default=sc.num_steps, help='Euler steps (more: better, slower)')
+    _add_sampling_flags(p)
+    p.add_argument('--digit', type=int, choices=range(10), metavar='{0..9}',
+                   help='conditional models: the digit to generate (default: 0-9 in turn, one per grid column)')
     p.add_argument('--output_dir', default=str(Path(pc.results_dir) / 'generated_samples'), help='where images go')
     p.add_argument('--save_individual', action='store_true', help='also save one PNG per sample in individual/')
     p.add_argument('--save_numpy', action='store_true', help='also save generated_samples.npy, float32 (N, 1, 28, 28) in [-1, 1]')
+    p.add_argument('--save_trajectory', action='store_true',
+                   help='also save generated_samples_trajectory.gif, the grid flowing from noise to digits')
     p.add_argument('--seed', type=int, default=sc.seed, help='random seed (default: a fresh one)')
     p.add_argument('--device', help='cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)')
-    p.add_argument('--batch_size', type=positive(), default=sc.batch_size, help='samples per model call (default: all at once)')
-    p.add_argument('--nrow', type=positive(), default=8, help='images per row of the grid')
+    p.add_argument('--batch_size', type=positive(), help='samples per model call; each batch is written as soon as it is done '
+                   '(default: all at once, up to 1000)')
+    p.add_argument('--nrow', type=positive(), help=f'images per row of the grid (default: 8, or 10 for digits 0-9); '
+                   f'the grid shows the first {GRID_LIMIT} samples at most')
     return p
 
 def _load_flow(args, device):
     "The model named by --pretrained / --checkpoint / the newest checkpoint in --results_dir, and a description of it."
-    if args.pretrained: return load_pretrained(device=device), 'the shipped model'
+    if args.pretrained:
+        name = args.pretrained
+        if name == 'auto': name = 'conditional' if getattr(args, 'digit', None) is not None else 'unconditional'
+        return load_pretrained(device=device, name=name), f'the shipped {name} model'
     path = Path(args.checkpoint) if args.checkpoint else find_latest_checkpoint(args.results_dir)
     if path is None: raise RunError(f'no checkpoint in {args.results_dir}/: train first with: python train_main.py '
                                     f'(or pass --checkpoint FILE, or --pretrained for the shipped model)')
     return flow_from_checkpoint(path, device=device), str(path)
 
+def _describe(flow, args, labels) -> str:
+    s = f'{args.solver}, {flow.last_nfe} NFE' + (f' ({args.num_steps} steps)' if args.solver != 'dopri5' else f' (rtol {args.rtol}, atol {args.atol})')
+    if labels is not None:
+        s += (f', digit {args.digit}' if args.digit is not None else ', digits 0-9') + f', guidance {args.guidance_scale:g}'
+    return s
+
 def _generate(args):
     tune_cpu_allocator()
+    _check_sampling_flags(args)
     device = _device(args.device)
     flow, source = _load_flow(args, device)
+    n = args.num_samples
+    labels = _grid_labels(flow, n, args.digit)
+    nrow = args.nrow or (10 if labels is not None and args.digit is None else 8)
     out = _writable_dir(args.output_dir, '--output_dir')
-    samples = flow.sample(num_samples=args.num_samples, num_steps=args.num_steps, seed=args.seed, batch_size=args.batch_size)
-    written = [visualize_samples(samples, save_path=out / 'generated_samples_grid.png', nrow=args.nrow, show=False) is not None
-               and out / 'generated_samples_grid.png']
-    if args.save_individual: save_samples_as_images(samples, out / 'individual', prefix='sample'); written.append(out / 'individual')
-    if args.save_numpy: written.append(save_samples_as_numpy(samples, out / 'generated_samples.npy'))
-    print(f'{args.num_samples} samples from {source} ({args.num_steps} Euler steps on {flow.device}): ' + ', '.join(map(str, written)))
+    batches = flow.sample_batches(num_samples=n, seed=args.seed, batch_size=args.batch_size or min(n, 1000), labels=labels,
+                                  return_trajectory=args.save_trajectory, **_sample_kwargs(args))
+    shown, traj, done = [], [], 0
+    written = [out / 'generated_samples_grid.png']
+    with (SampleArrayWriter(out / 'generated_samples.npy', n) if args.save_numpy else _NoWriter()) as npy:
+        for batch in batches:
+            x, tr = batch if args.save_trajectory else (batch, None)
+            keep = max(0, min(GRID_LIMIT - done, x.shape[0]))
+            if keep: shown.append(x[:keep]); traj.append(None if tr is None else tr[:, :keep])
+            if args.save_individual: save_samples_as_images(x, out / 'individual', prefix='sample', start=done)
+            npy.write(x)
+            done += x.shape[0]
+    visualize_samples(torch.cat(shown), save_path=out / 'generated_samples_grid.png', nrow=nrow, show=False)
+    if args.save_individual: written.append(out / 'individual')
+    if args.save_numpy: written.append(out / 'generated_samples.npy')
+    if args.save_trajectory: written.append(save_trajectory_gif(torch.cat(traj, dim=1), out / 'generated_samples_trajectory.gif', nrow=nrow))
+    print(f'{n} samples from {source} ({_describe(flow, args, labels)}, on {flow.device}): ' + ', '.join(map(str, written)))
+
+class _NoWriter:
+    def __enter__(self): return self
+    def __exit__(self, *_): return False
+    def write(self, x): pass
 
 def generate_main(argv=None) -> int:
     "Entry point of `generate_samples.py` and `fm-generate`."
@@ -238,13 +342,15 @@ def generate_main(argv=None) -> int:
 # %% ../nbs/90_scripts.ipynb #189296e3
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='fm-evaluate', description='Score samples of a checkpoint: FID (with its real-data floor), confidence, '
-                'class coverage, memorisation.', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                'class coverage, memorisation, and for conditional models agreement with the requested digit.',
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument('--checkpoint', help='checkpoint file (default: the newest in --results_dir)')
-    src.add_argument('--pretrained', action='store_true', help='score the model shipped with fm_mnist')
+    src.add_argument('--pretrained', nargs='?', const='auto', choices=['auto', 'unconditional', 'conditional'],
+                     help='score a model shipped with fm_mnist (auto: the unconditional one)')
     p.add_argument('--results_dir', default=PathConfig().results_dir, help='where to look for the newest checkpoint')
     p.add_argument('--num_samples', type=positive(), help='N (default: 10000 on CUDA, else 2000); FID is only comparable at equal N')
-    p.add_argument('--num_steps', type=positive(), default=SampleConfig().num_steps, help='Euler steps')
+    _add_sampling_flags(p)
     p.add_argument('--batch_size', type=positive(), default=500, help='images per model call')
     p.add_argument('--seed', type=int, default=0, help='random seed of the samples')
     p.add_argument('--device', help='cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)')
@@ -254,11 +360,14 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def format_results(res: dict) -> str:
     "A small text table of evaluation results."
-    rows = [('samples (N)', f"{res['num_samples']}"), ('Euler steps (NFE)', f"{res.get('num_steps', '-')}"),
+    rows = [('samples (N)', f"{res['num_samples']}"), ('solver, NFE', f"{res.get('solver', 'euler')}, {res.get('nfe', '-')}"),
             ('FID', f"{res['fid']:.3f}"), ('FID floor (real, same N)', f"{res.get('fid_floor', float('nan')):.3f}"),
             ('confidence', f"{res['confidence']:.4f}"), ('class TV from uniform', f"{res['class_tv_from_uniform']:.4f}"),
             ('nearest-train distance', f"{res['nn_distance']:.3f}"),
             ('  same for test digits', f"{res.get('nn_distance_test_digits', float('nan')):.3f}")]
+    if 'label_agreement' in res:
+        rows.insert(2, ('guidance scale', f"{res['guidance_scale']:g}"))
+        rows.append(('agrees with requested digit', f"{res['label_agreement']:.4f}"))
     w = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k:<{w}}  {v}' for k, v in rows)
 
@@ -266,16 +375,20 @@ def _evaluate(args):
     import json
     from fm_mnist.evaluation import Evaluator
     tune_cpu_allocator()
+    _check_sampling_flags(args)
     device = _device(args.device)
     flow, source = _load_flow(args, device)
     n = args.num_samples or (10_000 if device.type == 'cuda' else 2_000)
     out = Path(args.json) if args.json else Path(args.results_dir) / 'evaluation.json'
     _writable_dir(out.parent, '--json')
     ev = Evaluator(args.data_dir, device=device, batch_size=args.batch_size)
+    labels = _grid_labels(flow, n)  # conditional: every digit equally often
     t0 = time.perf_counter()
-    samples = flow.sample(num_samples=n, num_steps=args.num_steps, seed=args.seed, batch_size=args.batch_size)
-    res = {'checkpoint': source, 'num_steps': args.num_steps, 'solver': 'euler', 'nfe': args.num_steps, 'seed': args.seed,
-           'device': str(flow.device), 'sampling_seconds': round(time.perf_counter() - t0, 2), **ev.evaluate(samples)}
+    samples = flow.sample(num_samples=n, seed=args.seed, batch_size=args.batch_size, labels=labels, **_sample_kwargs(args))
+    res = {'checkpoint': source, 'num_steps': args.num_steps, 'solver': args.solver, 'nfe': flow.last_nfe, 'seed': args.seed,
+           'device': str(flow.device), 'sampling_seconds': round(time.perf_counter() - t0, 2)}
+    if labels is not None: res['guidance_scale'] = args.guidance_scale
+    res.update(ev.evaluate(samples, labels=None if labels is None else torch.tensor(labels)))
     print(f'{source}, {n} samples:')
     print(format_results(res))
     out.write_text(json.dumps(res, indent=2))

@@ -156,8 +156,8 @@ class Evaluator:
                                'nn_distance_test_digits': nearest_distance(test, self.x_train, self.batch_size).mean().item()}
         return self._floors[n]
 
-    def evaluate(self, images: torch.Tensor, floor: bool = True) -> dict:
-        "All metrics for `images` `(N, 1, 28, 28)` in [-1, 1]."
+    def evaluate(self, images: torch.Tensor, floor: bool = True, labels: torch.Tensor | None = None) -> dict:
+        "All metrics for `images` `(N, 1, 28, 28)` in [-1, 1]; with the requested `labels` `(N,)`, also how often the classifier agrees."
         images = images.float().clamp(-1, 1)
         feats, probs = classifier_outputs(images, self.classifier, self.batch_size)
         hist = torch.bincount(probs.argmax(1), minlength=10).double() / len(images)
@@ -167,5 +167,6 @@ class Evaluator:
                'class_histogram': hist.tolist(),
                'class_tv_from_uniform': 0.5 * (hist - 0.1).abs().sum().item(),
                'nn_distance': nearest_distance(images, self.x_train, self.batch_size).mean().item()}
+        if labels is not None: res['label_agreement'] = (probs.argmax(1) == torch.as_tensor(labels).cpu()).float().mean().item()
         if floor: res.update(self.floor(len(images)))
         return res

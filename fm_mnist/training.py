@@ -18,19 +18,23 @@ from .flow_matching import FlowMatching
 from .utils import atomic_save
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'MNIST_TRAIN_SIZE', 'epoch_batches', 'EMA', 'lr_factor', 'CheckpointError',
-           'NonFiniteLossError', 'TrainState', 'new_train_state', 'save_checkpoint', 'load_checkpoint',
-           'flow_from_checkpoint', 'resume_train_state', 'train_step', 'train', 'plot_loss', 'export_for_sampling',
-           'pretrained_path', 'load_pretrained']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'MNIST_TRAIN_SIZE', 'PRETRAINED', 'epoch_indices', 'epoch_batches', 'EMA',
+           'lr_factor', 'CheckpointError', 'NonFiniteLossError', 'TrainState', 'new_train_state', 'save_checkpoint',
+           'load_checkpoint', 'flow_from_checkpoint', 'resume_train_state', 'train_step', 'train', 'plot_loss',
+           'export_for_sampling', 'pretrained_path', 'load_pretrained']
 
 # %% ../nbs/60_training.ipynb #c0ff6550
-def epoch_batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, max_steps: int | None = None):
-    "Yield shuffled batches `(batch_size, 1, 28, 28)` of `images` (already on its device); order fixed by `seed` and `epoch`."
+def epoch_indices(n: int, batch_size: int, seed: int, epoch: int, max_steps: int | None = None):
+    "Yield shuffled index batches `(batch_size,)` into a dataset of `n` items; order fixed by `seed` and `epoch`."
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(images.shape[0], generator=g).to(images.device)
-    steps = images.shape[0] // batch_size
+    perm = torch.randperm(n, generator=g)
+    steps = n // batch_size
     if max_steps is not None: steps = min(steps, max_steps)
-    for i in range(steps): yield images[perm[i * batch_size:(i + 1) * batch_size]]
+    for i in range(steps): yield perm[i * batch_size:(i + 1) * batch_size]
+
+def epoch_batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, max_steps: int | None = None):
+    "Yield shuffled batches `(batch_size, 1, 28, 28)` of `images`; order fixed by `seed` and `epoch`."
+    for idx in epoch_indices(images.shape[0], batch_size, seed, epoch, max_steps): yield images[idx.to(images.device)]
 
 # %% ../nbs/60_training.ipynb #4fab0b3b
 class EMA:
@@ -115,13 +119,15 @@ def _use_amp(device: torch.device) -> tuple[bool, torch.dtype]:
 MNIST_TRAIN_SIZE = 60_000
 
 def new_train_state(model_config: ModelConfig, train_config: TrainConfig, device=None, steps_per_epoch: int | None = None) -> TrainState:
-    "A fresh run: the model initialised from `train_config.seed`, AdamW, warm-up + cosine schedule, scaler and EMA."
+    "A fresh run: the model initialised from `train_config.seed`, AdamW (fused on CUDA), warm-up + cosine schedule, scaler and EMA."
     if steps_per_epoch is None:  # the schedule's length: full MNIST epochs unless they are cut short
         steps_per_epoch = min(MNIST_TRAIN_SIZE // train_config.batch_size, train_config.max_steps_per_epoch or MNIST_TRAIN_SIZE)
     model_config, train_config = replace(model_config), replace(train_config)  # the state owns copies
     torch.manual_seed(train_config.seed)
-    flow = FlowMatching(model_config.build(), device=device)
+    flow = FlowMatching(model_config.build(), device=device, time_sampling=train_config.time_sampling,
+                        label_dropout=train_config.label_dropout)
     dev = flow.device
+    if dev.type == 'cuda': flow.model.to(memory_format=torch.channels_last)  # faster convolutions with tensor cores
     opt = torch.optim.AdamW(flow.model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay,
                             **({'fused': True} if dev.type == 'cuda' else {}))
     total = train_config.epochs * steps_per_epoch
@@ -176,37 +182,68 @@ def resume_train_state(ckpt: dict, device=None, steps_per_epoch: int | None = No
     return state
 
 # %% ../nbs/60_training.ipynb #3a314302
-def train_step(state: TrainState, x1: torch.Tensor, amp: bool, amp_dtype: torch.dtype) -> torch.Tensor:
-    "One optimiser step on the batch `x1`; returns the loss as a tensor (no host-device sync)."
-    flow, tc = state.flow, state.train_config
+def _distributed() -> tuple[int, int]:
+    "`(rank, world_size)` of this process: `(0, 1)` unless a `torch.distributed` process group is running."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def train_step(state: TrainState, x1: torch.Tensor, amp: bool, amp_dtype: torch.dtype, y: torch.Tensor | None = None,
+               flow: FlowMatching | None = None) -> torch.Tensor:
+    "One optimiser step on the batch `x1` (labels `y`); `flow` may wrap the model (compiled, DDP). Returns the loss tensor (no host-device sync)."
+    flow, tc = flow or state.flow, state.train_config
     with torch.autocast(flow.device.type, dtype=amp_dtype, enabled=amp):
-        loss = flow.loss(x1)
+        loss = flow.loss(x1, y=y)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.unscale_(state.optimizer)
-    if tc.grad_clip: nn.utils.clip_grad_norm_(flow.model.parameters(), tc.grad_clip)
+    if tc.grad_clip: nn.utils.clip_grad_norm_(state.flow.model.parameters(), tc.grad_clip)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
-    if state.ema is not None: state.ema.update(flow.model)
+    if state.ema is not None: state.ema.update(state.flow.model)
     state.step += 1
     return loss.detach()
 
-def train(state: TrainState, images: torch.Tensor, on_epoch_end: Callable[[TrainState], None] | None = None,
-          progress: bool = True) -> TrainState:
-    "Train `state` on `images` `(N, 1, 28, 28)` in [-1, 1] up to `state.train_config.epochs` epochs."
+def _training_flow(state: TrainState) -> FlowMatching:
+    "The flow the loop calls: `state.flow`, its model wrapped in DistributedDataParallel and/or `torch.compile` when asked."
+    flow, (rank, world) = state.flow, _distributed()
+    if world == 1 and not state.train_config.compile: return flow
+    view, model = copy.copy(flow), flow.model  # same parameters; checkpoints keep the plain module's names
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[flow.device.index] if flow.device.type == 'cuda' else None)
+    if state.train_config.compile: model = torch.compile(model)
+    view.model = model
+    return view
+
+def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None = None,
+          on_epoch_end: Callable[[TrainState], None] | None = None, progress: bool = True) -> TrainState:
+    """Train `state` on `images` `(N, 1, 28, 28)` in [-1, 1] (and `labels` `(N,)` for a conditional model) up to
+    `state.train_config.epochs` epochs. Under `torch.distributed` every process takes its share of each batch."""
     flow, tc = state.flow, state.train_config
+    if flow.num_classes is not None and labels is None: raise ValueError("a class-conditional model needs the labels of the images")
+    rank, world = _distributed()
+    if tc.batch_size % world: raise ValueError(f"the batch size {tc.batch_size} must be divisible by the number of processes {world}")
+    if rank > 0: torch.manual_seed(tc.seed + 7919 * rank + state.step)  # each process draws its own noise and times
     images = images.to(flow.device)
+    labels = None if flow.num_classes is None else labels.to(flow.device)
     amp, amp_dtype = _use_amp(flow.device)
+    if flow.device.type == 'cuda': images = images.contiguous(memory_format=torch.channels_last)
+    tflow = _training_flow(state)
     flow.model.train()
     for epoch in range(state.epoch + 1, tc.epochs + 1):
         batches = list(range(images.shape[0] // tc.batch_size))[:tc.max_steps_per_epoch]
-        bar = tqdm(total=len(batches), desc=f'epoch {epoch}/{tc.epochs}', disable=not progress, leave=True)
+        bar = tqdm(total=len(batches), desc=f'epoch {epoch}/{tc.epochs}', disable=not progress or rank > 0, leave=True)
         pending, t0, seen = [], time.perf_counter(), 0
         def flush():
             nonlocal pending
             if not pending: return
-            vals = torch.stack(pending).float().cpu().tolist()  # the one sync every `log_every` steps
+            vals = torch.stack(pending).float()
+            if world > 1:                                         # the mean loss over all processes
+                torch.distributed.all_reduce(vals)
+                vals = vals / world
+            vals = vals.cpu().tolist()  # the one sync every `log_every` steps
             pending = []
             if not all(math.isfinite(v) for v in vals):
                 bar.close()
@@ -214,16 +251,18 @@ def train(state: TrainState, images: torch.Tensor, on_epoch_end: Callable[[Train
             state.losses.extend(vals)
             bar.update(len(vals))
             bar.set_postfix(loss=f'{sum(vals) / len(vals):.4f}', img_per_s=f'{seen / (time.perf_counter() - t0):.0f}')
-        for x1 in epoch_batches(images, tc.batch_size, tc.seed, epoch, tc.max_steps_per_epoch):
-            pending.append(train_step(state, x1, amp, amp_dtype))
-            seen += x1.shape[0]
+        for idx in epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, tc.max_steps_per_epoch):
+            idx = idx.tensor_split(world)[rank].to(flow.device)    # this process's share of the global batch
+            pending.append(train_step(state, images[idx], amp, amp_dtype, None if labels is None else labels[idx], tflow))
+            seen += tc.batch_size
             if len(pending) >= tc.log_every: flush()
         flush()
         bar.close()
         state.epoch = epoch
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and rank == 0:
             with torch.random.fork_rng(devices=[flow.device] if flow.device.type == 'cuda' else []):
                 on_epoch_end(state)
+        if world > 1: torch.distributed.barrier()  # the others wait while process 0 writes
     return state
 
 # %% ../nbs/60_training.ipynb #3d5cb209
@@ -247,13 +286,16 @@ def export_for_sampling(src: str | Path, dst: str | Path) -> Path:
     slim.update(model_state={k: v.clone() for k, v in weights.items()}, ema_state=None)
     return atomic_save(slim, dst)
 
-def pretrained_path() -> Path:
-    "Where the shipped model lives inside the installed package."
-    import importlib.resources
-    return Path(str(importlib.resources.files('fm_mnist'))) / 'assets' / 'fm_mnist_cpu.pt'
+PRETRAINED = {'unconditional': 'fm_mnist_cpu.pt', 'conditional': 'fm_mnist_cpu_cond.pt'}
 
-def load_pretrained(device=None) -> FlowMatching:
-    "The model shipped with fm_mnist (CPU recipe), ready to sample."
-    path = pretrained_path()
+def pretrained_path(name: str = 'unconditional') -> Path:
+    "Where a shipped model (`'unconditional'` or `'conditional'`) lives inside the installed package."
+    import importlib.resources
+    if name not in PRETRAINED: raise ValueError(f"the shipped models are {', '.join(PRETRAINED)}; got {name!r}")
+    return Path(str(importlib.resources.files('fm_mnist'))) / 'assets' / PRETRAINED[name]
+
+def load_pretrained(device=None, name: str = 'unconditional') -> FlowMatching:
+    "A model shipped with fm_mnist (CPU recipe), ready to sample: `'unconditional'`, or `'conditional'` (digits on demand)."
+    path = pretrained_path(name)
     if not path.is_file(): raise CheckpointError(f"the shipped model {path} is missing from this installation")
     return flow_from_checkpoint(path, device=device)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fm_mnist.evaluation import (Evaluator, classifier_path, file_sha256, frechet_distance, feature_stats,
                                  nearest_distance, CLASSIFIER_SHA256)
 from fm_mnist.cli import evaluate_main
+from fm_mnist.training import pretrained_path
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 1000
@@ -80,11 +81,13 @@ def test_fm_evaluate_writes_json(tmp_path, mnist_root, capsys):
 
 def test_benchmarks_smoke(tmp_path, mnist_root):
     rc = subprocess.run([sys.executable, 'benchmarks/quality_vs_nfe.py', '--pretrained', '--num_samples', '100', '--nfe', '1,2',
+                         '--solvers', 'euler,midpoint', '--tolerances', '1e-1',
                          '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rc.returncode == 0, rc.stderr
     assert json.loads((tmp_path / 'quality_vs_nfe.json').read_text())['rows'][0]['nfe'] == 1
-    assert (tmp_path / 'quality_vs_nfe.png').is_file() and '| euler |' in (tmp_path / 'quality_vs_nfe.md').read_text()
+    md = (tmp_path / 'quality_vs_nfe.md').read_text()
+    assert (tmp_path / 'quality_vs_nfe.png').is_file() and '| euler |' in md and '| midpoint |' in md and 'dopri5' in md
     rc = subprocess.run([sys.executable, 'benchmarks/speed.py', '--base_channels', '8', '--batch_size', '8', '--steps', '1',
                          '--warmup', '1', '--sample_batch', '4', '--device', 'cpu', '--json', str(tmp_path / 'speed.json')],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -105,3 +108,14 @@ def test_side_by_side_smoke(tmp_path, mnist_root):
     for side in res['results'].values():
         assert side['parameters'] > 0 and side['dopri5']['nfe'] >= 2 and side['euler_2']['nfe'] == 2
     assert res['meta']['images_seen'] == 256 and res['ratios']['train_speed'] > 0
+
+
+@pytest.mark.skipif(not pretrained_path('conditional').is_file(), reason='the shipped conditional model is not in this tree')
+def test_guidance_benchmark_smoke(tmp_path, mnist_root):
+    rc = subprocess.run([sys.executable, 'benchmarks/guidance.py', '--pretrained', '--num_samples', '50', '--scales', '0,2',
+                         '--num_steps', '2', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    rows = json.loads((tmp_path / 'guidance.json').read_text())['rows']
+    assert [r['guidance_scale'] for r in rows] == [0.0, 2.0] and all(0 <= r['label_agreement'] <= 1 for r in rows)
+    assert rows[1]['label_agreement'] > rows[0]['label_agreement']   # guidance makes the requested digit more likely

@@ -44,7 +44,24 @@ python train_main.py --data_dir "$DATA" --results_dir "$OUT/epoch" --epochs 1 --
 end=$(date +%s.%N)
 python -c "print(f'one epoch of the default recipe, including start-up: {$end - $start:.1f} s')"
 
-echo "== generation"
+echo "== one full epoch with torch.compile (first steps include compilation)"
+start=$(date +%s.%N)
+python train_main.py --data_dir "$DATA" --results_dir "$OUT/compiled" --epochs 1 --sample_every 99 --checkpoint_every 99 \
+  --device cuda --num_samples 8 --num_steps 2 --no_progress --compile
+end=$(date +%s.%N)
+python -c "print(f'one compiled epoch of the default recipe, including start-up and compilation: {$end - $start:.1f} s')"
+
+echo "== class-conditional, $STEPS steps, then digits on demand with 8 NFE"
+python train_main.py --data_dir "$DATA" --results_dir "$OUT/cond" --epochs 1 --max_steps_per_epoch "$STEPS" --conditional \
+  --sample_every 1 --checkpoint_every 1 --device cuda --no_progress --solver midpoint --num_steps 4
+python generate_samples.py --results_dir "$OUT/cond" --digit 7 --guidance_scale 2 --solver midpoint --num_steps 4 \
+  --output_dir "$OUT/cond_generated" --save_trajectory --device cuda
+
+echo "== speed benchmark (batch 128), eager and compiled"
+python benchmarks/speed.py --preset gpu --device cuda --steps 50 --warmup 10 --json "$OUT/speed_gpu.json"
+python benchmarks/speed.py --preset gpu --device cuda --steps 50 --warmup 10 --compile --json "$OUT/speed_gpu_compiled.json"
+
+echo "== generation, streamed in batches"
 python generate_samples.py --results_dir "$OUT/results" --num_samples 1000 --num_steps 100 --batch_size 500 \
   --output_dir "$OUT/generated" --save_numpy --seed 0 --device cuda
 ls -la "$OUT/results" "$OUT/generated"

@@ -9,7 +9,9 @@ EMA, over the same number of training images. Both see the same batches in the s
     python benchmarks/side_by_side.py --images 38400 --num_samples 500 --data_dir <MNIST root>
 
 Reports, for both sides: parameters, forward FLOPs per image, training images/s, and FID (with the real-data floor at the
-same N) and confidence at Euler 20 and 100 steps and with dopri5 (with the NFE it used); then the ratios.
+same N) and confidence at Euler 20 and 100 steps and with dopri5 (with the NFE it used); then the ratios. To split the
+speed-up into architecture and engineering, it also times the reference's UNet trained by this library's loop
+(`--attribution_steps` steps): ours / that = what the architecture buys, that / the reference recipe = what the loop buys.
 """
 import argparse, json, platform, sys, time
 from dataclasses import replace
@@ -90,6 +92,7 @@ def main(argv=None):
     p.add_argument('--data_dir')
     p.add_argument('--out', default='benchmarks/results')
     p.add_argument('--euler_steps', default='20,100')
+    p.add_argument('--attribution_steps', type=int, default=20, help='steps timed for the reference UNet in our loop (0: skip)')
     args = p.parse_args(argv)
     tune_cpu_allocator()
     device = get_device(args.device)
@@ -128,6 +131,22 @@ def main(argv=None):
         print(f'{name} dopri5 (NFE {nfe:.0f}): FID {q["fid"]:.2f}, confidence {q["confidence"]:.3f}', flush=True)
         results[name] = r
 
+    ref_in_our_loop = None
+    if args.attribution_steps:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from speed import reference_state
+        from fm_mnist.training import train_step, _use_amp
+        st = reference_state(replace(tc, batch_size=args.batch_size), device)
+        amp, dtype = _use_amp(device)
+        batches = list(epoch_batches(images, args.batch_size, args.seed, 1, args.attribution_steps + 2))
+        for x1 in batches[:2]: train_step(st, x1, amp, dtype)  # warm-up
+        if device.type == 'cuda': torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for x1 in batches[2:]: train_step(st, x1, amp, dtype)
+        if device.type == 'cuda': torch.cuda.synchronize()
+        ref_in_our_loop = len(batches[2:]) * args.batch_size / (time.perf_counter() - t0)
+        print(f'reference UNet in our training loop: {ref_in_our_loop:.0f} images/s', flush=True)
+
     hw = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
     meta = {'images_seen': steps * args.batch_size, 'batch_size': args.batch_size, 'num_samples': n, 'fid_floor': floor,
             'hardware': hw, 'torch': torch.__version__, 'seed': args.seed, 'preset': args.preset}
@@ -135,6 +154,10 @@ def main(argv=None):
     ratios = {'train_speed': a['train_images_per_s'] / b['train_images_per_s'],
               'parameters': a['parameters'] / b['parameters'],
               'flops': a['gflops_per_image_forward'] / b['gflops_per_image_forward']}
+    if ref_in_our_loop:
+        meta['reference_unet_in_our_loop_images_per_s'] = ref_in_our_loop
+        ratios['architecture'] = a['train_images_per_s'] / ref_in_our_loop
+        ratios['engineering'] = ref_in_our_loop / b['train_images_per_s']
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     (out / 'side_by_side.json').write_text(json.dumps({'meta': meta, 'results': results, 'ratios': ratios}, indent=2))
     cols = [f'euler_{k}' for k in args.euler_steps.split(',')] + ['dopri5']
@@ -147,6 +170,10 @@ def main(argv=None):
                      + ' | '.join(f"{r[c]['fid']:.2f} / {r[c]['confidence']:.3f} ({r[c]['nfe']:.0f})" for c in cols) + ' |')
     lines += ['', f"Ratios (fm_mnist / reference): training speed {ratios['train_speed']:.2f}x, parameters "
               f"{ratios['parameters']:.2f}x, FLOPs per image {ratios['flops']:.2f}x."]
+    if ref_in_our_loop:
+        lines += ['', f"The reference's UNet trained by this library's loop: {ref_in_our_loop:.0f} images/s. Of the "
+                  f"{ratios['train_speed']:.2f}x, the architecture accounts for {ratios['architecture']:.2f}x (our UNet / theirs, "
+                  f"same loop) and the engineering for {ratios['engineering']:.2f}x (same UNet, our loop / their recipe's loop)."]
     (out / 'side_by_side.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
     return 0

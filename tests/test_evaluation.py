@@ -100,7 +100,8 @@ def test_side_by_side_smoke(tmp_path, mnist_root):
     pytest.importorskip('torchcfm')
     pytest.importorskip('torchdiffeq')
     rc = subprocess.run([sys.executable, 'benchmarks/side_by_side.py', '--images', '256', '--num_samples', '20',
-                         '--euler_steps', '2', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
+                         '--euler_steps', '2', '--attribution_steps', '1', '--device', 'cpu', '--data_dir', str(mnist_root),
+                         '--out', str(tmp_path)],
                         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rc.returncode == 0, rc.stderr[-2000:]
     res = json.loads((tmp_path / 'side_by_side.json').read_text())
@@ -108,6 +109,7 @@ def test_side_by_side_smoke(tmp_path, mnist_root):
     for side in res['results'].values():
         assert side['parameters'] > 0 and side['dopri5']['nfe'] >= 2 and side['euler_2']['nfe'] == 2
     assert res['meta']['images_seen'] == 256 and res['ratios']['train_speed'] > 0
+    assert res['ratios']['architecture'] * res['ratios']['engineering'] == pytest.approx(res['ratios']['train_speed'])
 
 
 @pytest.mark.skipif(not pretrained_path('conditional').is_file(), reason='the shipped conditional model is not in this tree')

@@ -8,7 +8,7 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #524444ad
 # The public API: `from fm_mnist import UNet, FlowMatching, load_mnist_data` and friends.
-from .utils import get_device, visualize_samples, save_samples_as_images, save_samples_as_numpy
+from .utils import get_device, visualize_samples, save_samples_as_images, save_samples_as_numpy, save_trajectory_gif
 from .data import load_mnist_data, load_mnist_tensors, MNISTUnavailableError
 from .time_embedding import TimeEmbedding
 from .blocks import ResidualBlock
@@ -17,4 +17,4 @@ from .flow_matching import FlowMatching
 from .config import ModelConfig, TrainConfig, SampleConfig, PathConfig, PRESETS
 from .training import (train, new_train_state, resume_train_state, TrainState, save_checkpoint, load_checkpoint,
                                flow_from_checkpoint, load_pretrained, CheckpointError)
-from .sampler import euler_integrate  # also adds FlowMatching.sample
+from .sampler import euler_integrate, solve_ode, guided_velocity, SOLVERS  # also adds FlowMatching.sample

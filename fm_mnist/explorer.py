@@ -55,7 +55,7 @@ def explorer(flow: FlowMatching | None = None, device=None):
     except ImportError:
         import matplotlib.pyplot as plt
         print('ipywidgets is not installed (pip install ipywidgets): showing the default setting as a static figure')
-        show_generation(flow); plt.show()
+        show_generation(flow, solver='midpoint', num_steps=4); plt.show()   # the widgets' defaults
         return None
     import matplotlib.pyplot as plt
     digits = [('all digits', None)] + [(str(d), d) for d in range(flow.num_classes or 0)]

@@ -121,7 +121,8 @@ def sample_batches(self: FlowMatching, num_samples: int = 64, num_steps: int = 1
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):
+            half = torch.bfloat16 if dev.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=half, enabled=dev.type == 'cuda'):
                 v = guided_velocity(self.model, yb, guidance_scale, self.num_classes)
                 x, traj, nfe = solve_ode(lambda x, t: v(x, t).float(), x0.to(dev), num_steps, solver, return_trajectory, rtol, atol)
         finally:

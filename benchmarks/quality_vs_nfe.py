@@ -1,7 +1,7 @@
 """Sample quality against the number of function evaluations (NFE), for every solver fm_mnist has.
 
     python benchmarks/quality_vs_nfe.py --pretrained --data_dir <MNIST root>
-    python benchmarks/quality_vs_nfe.py --pretrained conditional --guidance_scale 2 --name quality_vs_nfe_conditional
+    python benchmarks/quality_vs_nfe.py --pretrained conditional --guidance_scale 1.5 --name quality_vs_nfe_conditional
     python benchmarks/quality_vs_nfe.py --checkpoint results/checkpoint_final.pt --num_samples 10000 --device cuda
 
 NFE counts model evaluations: steps times evaluations per step (a guided step, both branches in one batched call, counts
@@ -45,7 +45,7 @@ def main(argv=None):
     p.add_argument('--nfe', default='1,2,4,8,16,32,100')
     p.add_argument('--solvers', default=','.join(FIXED), help='fixed-step solvers to run')
     p.add_argument('--tolerances', default='1e-2,1e-3', help="dopri5's rtol = atol values ('' for none)")
-    p.add_argument('--guidance_scale', type=float, default=2.0, help='conditional models')
+    p.add_argument('--guidance_scale', type=float, default=1.5, help='conditional models')
     p.add_argument('--name', default='quality_vs_nfe', help='base name of the files written')
     p.add_argument('--num_samples', type=int, help='N (default: 10000 on CUDA, else 2000)')
     p.add_argument('--batch_size', type=int, default=500)

@@ -51,7 +51,7 @@ class SampleConfig:
     num_samples: int = 64
     num_steps: int = 100
     solver: str = 'euler'          # euler, midpoint, heun, rk4 (fixed steps) or dopri5 (adaptive, needs torchdiffeq)
-    guidance_scale: float = 2.0    # conditional models: w in v_uncond + w (v_cond - v_uncond)
+    guidance_scale: float = 1.5    # conditional models: w in v_uncond + w (v_cond - v_uncond); see the sampler notebook
     batch_size: int | None = None  # samples per model call; None: all at once
     seed: int | None = None
 

@@ -14,7 +14,7 @@ from .utils import make_image_grid
 __all__ = ['generate', 'show_generation', 'explorer']
 
 # %% ../nbs/75_explorer.ipynb #6fa38019
-def generate(flow: FlowMatching, digit: int | None = None, guidance_scale: float = 2.0, solver: str = 'euler',
+def generate(flow: FlowMatching, digit: int | None = None, guidance_scale: float = 1.5, solver: str = 'euler',
              num_steps: int = 8, seed: int = 0, num_samples: int = 20):
     "Samples `(N, 1, 28, 28)`, trajectories `(T, N, 1, 28, 28)` and NFE; `digit` None: digits 0-9 in turn (conditional models)."
     labels = None
@@ -25,7 +25,7 @@ def generate(flow: FlowMatching, digit: int | None = None, guidance_scale: float
                                 guidance_scale=guidance_scale, return_trajectory=True)
     return samples, traj, flow.last_nfe
 
-def show_generation(flow: FlowMatching, digit: int | None = None, guidance_scale: float = 2.0, solver: str = 'euler',
+def show_generation(flow: FlowMatching, digit: int | None = None, guidance_scale: float = 1.5, solver: str = 'euler',
                     num_steps: int = 8, seed: int = 0, num_samples: int = 20, strip_rows: int = 4, strip_frames: int = 9):
     "Draw the sample grid and a noise-to-digit trajectory strip for one setting; returns the matplotlib figure."
     import matplotlib.pyplot as plt
@@ -61,7 +61,7 @@ def explorer(flow: FlowMatching | None = None, device=None):
     digits = [('all digits', None)] + [(str(d), d) for d in range(flow.num_classes or 0)]
     controls = dict(
         digit=w.Dropdown(options=digits, value=None, description='digit'),
-        guidance_scale=w.FloatSlider(value=2.0, min=0.0, max=8.0, step=0.5, description='guidance'),
+        guidance_scale=w.FloatSlider(value=1.5, min=0.0, max=8.0, step=0.5, description='guidance'),
         solver=w.Dropdown(options=[s for s, n in SOLVERS.items() if n], value='midpoint', description='solver'),
         num_steps=w.IntSlider(value=4, min=1, max=50, description='steps'),
         seed=w.IntText(value=0, description='seed'))

@@ -105,7 +105,7 @@ def _labels_tensor(labels, num_samples: int, num_classes: int | None) -> torch.T
 @patch
 def sample_batches(self: FlowMatching, num_samples: int = 64, num_steps: int = 100, seed: int | None = None,
                    batch_size: int | None = None, solver: str = 'euler', labels: int | Sequence[int] | torch.Tensor | None = None,
-                   guidance_scale: float = 2.0, return_trajectory: bool = False, rtol: float = 1e-4, atol: float = 1e-4) -> Iterator:
+                   guidance_scale: float = 1.5, return_trajectory: bool = False, rtol: float = 1e-4, atol: float = 1e-4) -> Iterator:
     "Yield the samples `(b, 1, 28, 28)` (with their trajectory `(T, b, 1, 28, 28)` if asked) one batch of `batch_size` at a time."
     if num_samples < 1: raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     if num_steps < 1: raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
@@ -135,7 +135,7 @@ def sample_batches(self: FlowMatching, num_samples: int = 64, num_steps: int = 1
 @patch
 def sample(self: FlowMatching, num_samples: int = 64, num_steps: int = 100, seed: int | None = None,
            batch_size: int | None = None, return_trajectory: bool = False, solver: str = 'euler',
-           labels: int | Sequence[int] | torch.Tensor | None = None, guidance_scale: float = 2.0,
+           labels: int | Sequence[int] | torch.Tensor | None = None, guidance_scale: float = 1.5,
            rtol: float = 1e-4, atol: float = 1e-4):
     "Generate `num_samples` images `(N, 1, 28, 28)` in [-1, 1] by integrating the learned velocity from noise (t = 0) to data (t = 1)."
     batches = list(self.sample_batches(num_samples, num_steps, seed, batch_size, solver, labels, guidance_scale,

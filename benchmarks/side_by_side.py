@@ -24,19 +24,10 @@ from fm_mnist.cli import tune_cpu_allocator
 from fm_mnist.config import PRESETS, TrainConfig
 from fm_mnist.data import load_mnist_tensors
 from fm_mnist.evaluation import Evaluator
-from fm_mnist.sampler import euler_integrate
+from fm_mnist.sampler import solve_ode
 from fm_mnist.training import epoch_batches, new_train_state, train
 from fm_mnist.unet import count_parameters
 from fm_mnist.utils import get_device
-
-
-class Counted(torch.nn.Module):
-    "Wrap a velocity `f(x, t)` and count its evaluations (NFE)."
-    def __init__(self, f):
-        super().__init__(); self.f, self.nfe = f, 0
-    def forward(self, t, x):
-        self.nfe += 1
-        return self.f(x, t)
 
 
 @torch.inference_mode()
@@ -45,14 +36,8 @@ def sample(velocity, n, seed, method, steps=None, batch=250, device='cpu', tol=1
     x0 = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
     outs, nfes = [], []
     for chunk in x0.split(batch):
-        chunk = chunk.to(device)
-        if method == 'euler':
-            outs.append(euler_integrate(velocity, chunk, steps)); nfes.append(steps)
-        else:
-            from torchdiffeq import odeint
-            f = Counted(lambda x, t: velocity(x, t.expand(x.shape[0])))
-            outs.append(odeint(f, chunk, torch.tensor([0.0, 1.0], device=device), method='dopri5', atol=tol, rtol=tol)[-1])
-            nfes.append(f.nfe)
+        x, _, nfe = solve_ode(velocity, chunk.to(device), steps or 1, method, rtol=tol, atol=tol)  # the library's solver, NFE counted
+        outs.append(x); nfes.append(nfe)
     return torch.cat(outs).clamp(-1, 1).cpu(), sum(nfes) / len(nfes)
 
 

@@ -36,25 +36,40 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.norm = nn.GroupNorm(norm_groups(channels), channels)
         self.attn = nn.MultiheadAttention(channels, num_heads, batch_first=True)
+        self.math = False  # True: plain tensor operations (differentiable in forward mode), same weights
+
+    def _math_attention(self, h: torch.Tensor) -> torch.Tensor:
+        "softmax(Q K^T / sqrt(d)) V per head, then the output projection; `h` `(B, N, C)`."
+        B, N, C = h.shape
+        heads = self.attn.num_heads
+        q, k, v = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (z.reshape(B, N, heads, C // heads).transpose(1, 2) for z in (q, k, v))  # (B, heads, N, d)
+        w = (q @ k.transpose(-2, -1) * (C // heads) ** -0.5).softmax(dim=-1)              # (B, heads, N, N)
+        out = (w @ v).transpose(1, 2).reshape(B, N, C)
+        return self.attn.out_proj(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         h = self.norm(x).flatten(2).transpose(1, 2)      # (B, H*W, C): one token per pixel
-        h, _ = self.attn(h, h, h, need_weights=False)
+        h = self._math_attention(h) if self.math else self.attn(h, h, h, need_weights=False)[0]
         return x + h.transpose(1, 2).reshape(B, C, H, W)
 
 # %% ../nbs/40_unet.ipynb #31ba9984
 class UNet(nn.Module):
-    "Velocity network `v(x, t[, y])`: `x` `(B, in_channels, 28, 28)`, `t` float or `(B,)` in [0, 1], optional labels `y` `(B,)` -> `(B, in_channels, 28, 28)`."
-    def __init__(self, in_channels: int = 1, time_emb_dim: int = 128, base_channels: int = 64,
+    "Velocity network `v(x, t[, y, r])`: `x` `(B, in_channels, H, W)`, `t` float or `(B,)` in [0, 1], optional labels `y` `(B,)` and second time `r` -> `(B, in_channels, H, W)`."
+    def __init__(self, in_channels: int = 1, image_size: int = 28, time_emb_dim: int = 128, base_channels: int = 64,
                  channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1, attention: bool = True,
-                 dropout: float = 0.0, num_classes: int | None = None):
+                 dropout: float = 0.0, num_classes: int | None = None, interval: bool = False):
         super().__init__()
         chs = [base_channels * m for m in channel_mults]
+        self.image_shape = (in_channels, image_size, image_size)  # the shape of one sample
         self.time_embedding = TimeEmbedding(time_emb_dim)
         # optional class conditioning: one learned vector per digit, plus index `num_classes` for "no label"
         self.num_classes = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, time_emb_dim) if num_classes else None
+        # optional second time (few-step models): an embedding of r - t that starts at zero
+        self.interval_embedding = TimeEmbedding(time_emb_dim) if interval else None
+        if interval: nn.init.zeros_(self.interval_embedding.mlp[-1].weight); nn.init.zeros_(self.interval_embedding.mlp[-1].bias)
         self.conv_in = nn.Conv2d(in_channels, chs[0], 3, padding=1)
         block = lambda cin, cout: ResidualBlock(cin, cout, time_emb_dim, dropout)
 
@@ -79,7 +94,8 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(chs[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight); nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: float | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, y: torch.Tensor | None = None,
+                r: float | torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0: t = t.expand(x.shape[0])
         t_emb = self.time_embedding(t)                      # (B, time_emb_dim)
@@ -87,6 +103,10 @@ class UNet(nn.Module):
             if y is None: y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             t_emb = t_emb + self.class_embedding(y)
         elif y is not None: raise ValueError("this UNet is unconditional (num_classes=None): it takes no labels")
+        if self.interval_embedding is not None:             # r: the other end of the interval; None means r = t
+            h = torch.zeros_like(t) if r is None else torch.as_tensor(r, dtype=t.dtype, device=x.device) - t
+            t_emb = t_emb + self.interval_embedding(h.expand_as(t))
+        elif r is not None: raise ValueError("this UNet takes no second time r (it was built with interval=False)")
         h, skips = self.conv_in(x), []
         for blocks, down in zip(self.down, self.downsample):
             for b in blocks: h = b(h, t_emb)

@@ -4,18 +4,49 @@
 
 # %% ../nbs/55_config.ipynb #e3960bdd
 from __future__ import annotations
+import math
 from dataclasses import dataclass, asdict, fields, replace
 
 from .unet import UNet
+from .flow_matching import FlowMatching, TIME_SAMPLINGS, COUPLINGS
 
 # %% auto #0
-__all__ = ['PRESETS', 'ModelConfig', 'TrainConfig', 'SampleConfig', 'PathConfig', 'config_from_dict']
+__all__ = ['OBJECTIVES', 'PRESETS', 'AUTO_MINUTES', 'ModelConfig', 'TrainConfig', 'SampleConfig', 'PathConfig', 'resolve_preset',
+           'config_from_dict']
 
 # %% ../nbs/55_config.ipynb #8bc2384e
+def _check(ok: bool, cls, name: str, value, want: str):
+    if not ok: raise ValueError(f"{cls.__name__}.{name} must be {want}, got {value!r}")
+
+def _int_in(obj, name: str, lo: int, hi: int, optional: bool = False):
+    v = getattr(obj, name)
+    if optional and v is None: return
+    _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, type(obj), name, v,
+           f"an integer in [{lo}, {hi}]" + (" or None" if optional else ""))
+
+def _float_in(obj, name: str, lo: float, hi: float, optional: bool = False, open_lo: bool = False):
+    v = getattr(obj, name)
+    if optional and v is None: return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (lo < v if open_lo else lo <= v) and v <= hi
+    _check(ok, type(obj), name, v, f"a number in {'(' if open_lo else '['}{lo}, {hi}]" + (" or None" if optional else ""))
+    if ok: setattr(obj, name, float(v))
+
+def _one_of(obj, name: str, choices):
+    v = getattr(obj, name)
+    _check(v in choices, type(obj), name, v, f"one of {', '.join(map(repr, choices))}")
+
+def _bool(obj, name: str, optional: bool = False):
+    v = getattr(obj, name)
+    _check(isinstance(v, bool) or (optional and v is None), type(obj), name, v, "True or False" + (" or None" if optional else ""))
+
+# %% ../nbs/55_config.ipynb #d3b9e696
+OBJECTIVES = ('flow_matching', 'meanflow')       # what the network learns (the loss and few-step notebooks)
+
 @dataclass
 class ModelConfig:
     "Architecture of the velocity network (the arguments of `UNet`)."
     in_channels: int = 1
+    image_size: int = 28
     time_emb_dim: int = 128
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
@@ -23,6 +54,26 @@ class ModelConfig:
     attention: bool = True
     dropout: float = 0.0
     num_classes: int | None = None          # 10: class-conditional (digits on demand); None: unconditional
+    interval: bool = False                  # also takes a second time r (few-step models; the few-step notebook)
+
+    def __post_init__(self):
+        if isinstance(self.channel_mults, list): self.channel_mults = tuple(self.channel_mults)
+        _int_in(self, 'in_channels', 1, 4)
+        _int_in(self, 'time_emb_dim', 2, 2048)
+        _check(self.time_emb_dim % 2 == 0, ModelConfig, 'time_emb_dim', self.time_emb_dim, 'even')
+        _int_in(self, 'base_channels', 1, 1024)
+        _check(isinstance(self.channel_mults, tuple) and 1 <= len(self.channel_mults) <= 5
+               and all(isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= 8 for m in self.channel_mults),
+               ModelConfig, 'channel_mults', self.channel_mults, 'a tuple of 1 to 5 integers in [1, 8]')
+        _check(self.base_channels * max(self.channel_mults) <= 1024, ModelConfig, 'channel_mults', self.channel_mults,
+               'at most 1024 channels at the widest level (base_channels x the largest multiplier)')
+        _int_in(self, 'image_size', 4, 256)
+        levels = 2 ** (len(self.channel_mults) - 1)
+        _check(self.image_size % levels == 0, ModelConfig, 'image_size', self.image_size, f'divisible by {levels}')
+        _int_in(self, 'num_res_blocks', 1, 8)
+        _bool(self, 'attention'); _bool(self, 'interval')
+        _float_in(self, 'dropout', 0.0, 0.9)
+        _int_in(self, 'num_classes', 1, 1000, optional=True)
 
     def build(self) -> UNet:
         "A freshly initialised `UNet` with this architecture."
@@ -30,30 +81,83 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    "Optimisation: AdamW with linear warm-up then cosine decay, gradient clipping, an EMA of the weights."
+    "Optimisation: AdamW with a warm-up then cosine decay, gradient clipping, an EMA of the weights; how long to train."
     epochs: int = 50
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 500
+    warmup_steps: int = 500                 # the warm-up lasts min(warmup_steps, warmup_fraction x the run's steps)
+    warmup_fraction: float = 0.05
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999                # 0: no EMA
+    ema_halflife_fraction: float | None = 0.1  # the EMA's half-life as a fraction of the run (None: decay ema_decay)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # shorten epochs (smoke runs)
+    minutes: float | None = None            # a wall-clock budget instead of a number of epochs
+    max_steps: int | None = None            # the run's length in steps, fixed by the plan of a time-budgeted run
     log_every: int = 25                     # steps between progress-bar refreshes (the only host-device syncs)
-    time_sampling: str = 'uniform'          # how training times are drawn: 'uniform' or 'logit_normal'
+    time_sampling: str = 'logit_normal'     # how training times are drawn: one of TIME_SAMPLINGS
+    coupling: str = 'independent'           # how noise is paired with images: one of COUPLINGS
     label_dropout: float = 0.1              # conditional models: probability of training a label as "no label"
+    objective: str = 'flow_matching'        # one of OBJECTIVES
+    meanflow_interval_share: float = 0.25   # meanflow: share of training pairs with r > t (the few-step notebook)
+    meanflow_guidance: float | None = None  # meanflow, conditional: guidance folded into training (None: SampleConfig's)
+    meanflow_weight_power: float = 1.0      # meanflow: adaptive loss weight 1 / (|error|^2 + c)^p
     compile: bool = False                   # torch.compile the model's forward pass (CUDA; slow start, faster steps)
+    channels_last: bool | None = None       # channels-last tensors; None: on CUDA only
+
+    def __post_init__(self):
+        _int_in(self, 'epochs', 1, 100_000)
+        _int_in(self, 'batch_size', 1, 1 << 20)
+        _float_in(self, 'lr', 0.0, 10.0, open_lo=True)
+        _float_in(self, 'weight_decay', 0.0, 10.0)
+        _int_in(self, 'warmup_steps', 0, 10**9)
+        _float_in(self, 'warmup_fraction', 0.0, 1.0)
+        _float_in(self, 'grad_clip', 0.0, 1e6)
+        _float_in(self, 'ema_decay', 0.0, 1.0)
+        _check(self.ema_decay < 1, TrainConfig, 'ema_decay', self.ema_decay, 'below 1')
+        _float_in(self, 'ema_halflife_fraction', 0.0, 1.0, optional=True, open_lo=True)
+        _int_in(self, 'seed', -(2**63), 2**63 - 1)
+        _int_in(self, 'max_steps_per_epoch', 1, 10**9, optional=True)
+        _float_in(self, 'minutes', 0.0, 525_600.0, optional=True, open_lo=True)
+        _int_in(self, 'max_steps', 1, 10**10, optional=True)
+        _int_in(self, 'log_every', 1, 10**6)
+        _one_of(self, 'time_sampling', TIME_SAMPLINGS)
+        _one_of(self, 'coupling', COUPLINGS)
+        _float_in(self, 'label_dropout', 0.0, 1.0)
+        _one_of(self, 'objective', OBJECTIVES)
+        _float_in(self, 'meanflow_interval_share', 0.0, 1.0)
+        _float_in(self, 'meanflow_guidance', 0.0, 100.0, optional=True)
+        _float_in(self, 'meanflow_weight_power', 0.0, 4.0)
+        _bool(self, 'compile'); _bool(self, 'channels_last', optional=True)
+
+    def build_flow(self, model, device=None) -> FlowMatching:
+        "The flow that trains `model` with these settings: `FlowMatching`, or a few-step `MeanFlow` for `objective='meanflow'`."
+        kw = dict(time_sampling=self.time_sampling, coupling=self.coupling, label_dropout=self.label_dropout)
+        if self.objective == 'meanflow':
+            from fm_mnist.meanflow import MeanFlow   # the few-step notebook
+            return MeanFlow(model, device, interval_share=self.meanflow_interval_share, guidance_scale=self.meanflow_guidance,
+                            weight_power=self.meanflow_weight_power, **kw)
+        return FlowMatching(model, device, **kw)
 
 @dataclass
 class SampleConfig:
     "Sampling: how many images, which ODE solver and how many steps, how strongly to follow a requested digit."
     num_samples: int = 64
     num_steps: int = 100
-    solver: str = 'euler'          # euler, midpoint, heun, rk4 (fixed steps) or dopri5 (adaptive, needs torchdiffeq)
+    solver: str = 'euler'          # euler, midpoint, heun, rk4 (fixed steps) or dopri5 (adaptive); see the sampler notebook
     guidance_scale: float = 1.5    # conditional models: w in v_uncond + w (v_cond - v_uncond); see the sampler notebook
+    rtol: float = 1e-4             # dopri5's tolerances
+    atol: float = 1e-4
     batch_size: int | None = None  # samples per model call; None: all at once
     seed: int | None = None
+
+    def __post_init__(self):
+        _int_in(self, 'num_samples', 1, 10**9)
+        _int_in(self, 'num_steps', 1, 100_000)
+        _float_in(self, 'guidance_scale', 0.0, 100.0)
+        _float_in(self, 'rtol', 0.0, 1.0, open_lo=True); _float_in(self, 'atol', 0.0, 1.0, open_lo=True)
+        _int_in(self, 'batch_size', 1, 10**9, optional=True)
 
 @dataclass
 class PathConfig:
@@ -62,18 +166,31 @@ class PathConfig:
     results_dir: str = 'results'
     sample_every: int = 5        # epochs between sample grids
     checkpoint_every: int = 10   # epochs between checkpoints
+    grids_per_run: int = 10      # time-budgeted runs: sample grids spread over the run (samples_step_N.png)
 
-# %% ../nbs/55_config.ipynb #c397c91a
+# %% ../nbs/55_config.ipynb #d9fd2199
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     'gpu': (ModelConfig(), TrainConfig()),
-    'cpu': (ModelConfig(base_channels=32), TrainConfig(epochs=6, lr=2e-3, warmup_steps=200)),
+    'cpu': (ModelConfig(base_channels=32), TrainConfig(epochs=6, lr=2e-3)),
+    'quick': (ModelConfig(base_channels=32), TrainConfig(epochs=1, lr=2e-3, minutes=10)),
 }
+AUTO_MINUTES = 30  # the budget `auto` gives a machine without CUDA
+
+def resolve_preset(name: str, device_type: str) -> tuple[str, ModelConfig, TrainConfig, str]:
+    "`(recipe name, model config, train config, why)` for `--preset name` on a device of type `device_type`."
+    if name != 'auto':
+        if name not in PRESETS: raise ValueError(f"preset must be 'auto' or one of {', '.join(PRESETS)}, got {name!r}")
+        return (name, *PRESETS[name], 'as asked')
+    if device_type == 'cuda': return ('gpu', *PRESETS['gpu'], 'auto: a CUDA GPU is available')
+    mc, tc = PRESETS['cpu']
+    where = 'Apple MPS' if device_type == 'mps' else 'no CUDA GPU'
+    return ('cpu', mc, replace(tc, minutes=float(AUTO_MINUTES)),
+            f"auto: {where}, so the cpu recipe for {AUTO_MINUTES} minutes instead of the gpu recipe's {PRESETS['gpu'][1].epochs} epochs")
 
 def config_from_dict(cls, d: dict):
-    "Rebuild a config dataclass from a plain dict (as stored in a checkpoint); unknown keys are an error."
+    "Rebuild a config dataclass from a plain dict (as stored in a checkpoint), validated; unknown keys are an error."
+    if not isinstance(d, dict): raise ValueError(f"{cls.__name__} must be a dict, got {type(d).__name__}")
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
-    if unknown: raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    d = dict(d)
-    if 'channel_mults' in d: d['channel_mults'] = tuple(d['channel_mults'])
+    if unknown: raise ValueError(f"unknown {cls.__name__} fields: {sorted(map(str, unknown))}")
     return cls(**d)

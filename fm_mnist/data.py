@@ -12,12 +12,13 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 # %% auto #0
-__all__ = ['DATA_ENV_VAR', 'MNIST_FILES', 'MNIST_TRANSFORM', 'resolve_data_root', 'MNISTUnavailableError', 'mnist_dataset',
-           'load_mnist_data', 'load_mnist_tensors']
+__all__ = ['DATA_ENV_VAR', 'MNIST_FILES', 'NUM_CLASSES', 'MNIST_TRANSFORM', 'resolve_data_root', 'MNISTUnavailableError',
+           'mnist_dataset', 'load_mnist_data', 'load_mnist_tensors']
 
 # %% ../nbs/10_data.ipynb #c1c200b6
 DATA_ENV_VAR = 'FM_MNIST_DATA'
 MNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+NUM_CLASSES = 10  # the digits 0-9
 
 def resolve_data_root(root: str | Path | None = None) -> Path:
     "The MNIST data root: `root` if given, else `$FM_MNIST_DATA`, else `data/`."

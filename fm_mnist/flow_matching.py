@@ -11,20 +11,45 @@ import torch.nn.functional as F
 from .utils import get_device
 
 # %% auto #0
-__all__ = ['TIME_SAMPLINGS', 'FlowMatching']
+__all__ = ['TIME_SAMPLINGS', 'COUPLINGS', 'LABEL_DROPOUT', 'ot_pairing', 'FlowMatching']
 
 # %% ../nbs/50_flow_matching.ipynb #1c53656d
-TIME_SAMPLINGS = ('uniform', 'logit_normal')
+TIME_SAMPLINGS = ('logit_normal', 'uniform')  # how training times are drawn; the first is the default
+COUPLINGS = ('independent', 'ot')             # how noise is paired with images; the first is the default
+LABEL_DROPOUT = 0.1                           # conditional models: how often a label is hidden in training
+
+def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Reorder the noise `x0` `(B, ...)` so that the total squared distance to the images `x1` is smallest (mini-batch
+    optimal transport, Tong et al. 2024; Pooladian et al. 2023). With labels `y` `(B,)`, pairs stay within each class."""
+    from scipy.optimize import linear_sum_assignment
+    cost = torch.cdist(x1.flatten(1).float(), x0.flatten(1).float()).pow(2).cpu()   # (B, B): image i, noise j
+    perm = torch.arange(x0.shape[0])
+    groups = [torch.arange(x0.shape[0])] if y is None else [(y.cpu() == c).nonzero().flatten() for c in y.cpu().unique()]
+    for idx in groups:                                  # noise is exchangeable: a class takes the noise at its own rows
+        rows, cols = linear_sum_assignment(cost[idx][:, idx].numpy())
+        perm[idx[torch.as_tensor(rows)]] = idx[torch.as_tensor(cols)]
+    return x0[perm.to(x0.device)]
 
 class FlowMatching:
     "Conditional flow matching (Lipman et al. 2023) with straight paths: t = 0 is noise, t = 1 is data."
-    def __init__(self, model: nn.Module, device: str | torch.device | None = None, time_sampling: str = 'uniform',
-                 label_dropout: float = 0.1):
+    def __init__(self,
+                 model: nn.Module,                        # the velocity network v(x, t[, y]), e.g. a `UNet`
+                 device: str | torch.device | None = None,  # None: CUDA, then Apple MPS, then CPU
+                 time_sampling: str = TIME_SAMPLINGS[0],  # training times: 'logit_normal' or 'uniform'
+                 label_dropout: float = LABEL_DROPOUT,    # conditional models: probability of hiding a label in training
+                 coupling: str = COUPLINGS[0]):           # 'independent' noise, or 'ot' (mini-batch optimal transport)
         if time_sampling not in TIME_SAMPLINGS: raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+        if coupling not in COUPLINGS: raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         if not 0 <= label_dropout <= 1: raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
         self.model = model.to(get_device(device))
-        self.time_sampling, self.label_dropout = time_sampling, label_dropout
-        self.num_classes = getattr(model, 'num_classes', None)  # None: unconditional model
+        self.time_sampling, self.label_dropout, self.coupling = time_sampling, label_dropout, coupling
+        self.num_classes = getattr(model, 'num_classes', None)          # None: unconditional model
+        self.image_shape = tuple(getattr(model, 'image_shape', (1, 28, 28)))  # the shape of one sample
+        self.last_nfe: int | None = None  # network forward passes per sample spent by the last `sample` call
+
+    default_solver: str | None = None          # None: the default of `SampleConfig`; few-step models have their own
+    default_guidance_scale: float | None = None  # None: the default of `SampleConfig`
+    own_solvers: dict = {}                     # solvers beyond the ODE solvers, for kinds of model that have some: {name: NFE per step}
 
     @property
     def device(self) -> torch.device:
@@ -52,13 +77,55 @@ class FlowMatching:
         "Velocity along the path: u_t = d x_t / dt = x1 - x0 (Lipman et al. 2023, eq. 23, sigma_min = 0)."
         return x1 - x0
 
+    def draw_noise(self, x1: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        "Noise `x0` like `x1`, paired with it as `coupling` says (`ot`: within each class of `y` for a conditional model)."
+        x0 = torch.randn_like(x1)
+        if self.coupling == 'ot': x0 = ot_pairing(x0, x1, y if self.num_classes is not None else None)
+        return x0
+
     def loss(self, x1: torch.Tensor, x0: torch.Tensor | None = None, t: torch.Tensor | None = None,
              y: torch.Tensor | None = None) -> torch.Tensor:
         "Conditional flow-matching loss (eq. 23) on a data batch `x1` `(B, 1, 28, 28)`, with its labels `y` `(B,)` for a class-conditional model: a scalar."
         x1 = x1.to(self.device)
-        x0 = torch.randn_like(x1) if x0 is None else x0.to(self.device)
+        if y is not None: y = y.to(self.device)
+        x0 = self.draw_noise(x1, y) if x0 is None else x0.to(self.device)
         t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
         xt = self.interpolate(x0, x1, t)
         if self.num_classes is None: v = self.model(xt, t)   # unconditional: labels, if given, are not used
-        else: v = self.model(xt, t, None if y is None else self.drop_labels(y.to(self.device)))
+        else: v = self.model(xt, t, None if y is None else self.drop_labels(y))
         return F.mse_loss(v, self.target_velocity(x0, x1))
+
+    def sample(self,
+               num_samples: int | None = None,     # how many images (None: the default of `SampleConfig`, as for every None below)
+               num_steps: int | None = None,       # solver steps from t = 0 to t = 1
+               seed: int | None = None,            # seed of the starting noise (None: a fresh draw)
+               batch_size: int | None = None,      # images per model call
+               return_trajectory: bool = False,    # also return every intermediate state `(num_steps + 1, N, 1, 28, 28)`
+               solver: str | None = None,          # 'euler', 'midpoint', 'heun', 'rk4' or 'dopri5' (the sampler notebook)
+               labels=None,                        # conditional models: a digit, or one digit per sample
+               guidance_scale: float | None = None,  # conditional models: classifier-free guidance w
+               rtol: float | None = None,          # dopri5's tolerances
+               atol: float | None = None,
+               return_nfe: bool = False):          # also return the NFE spent (network forward passes per sample)
+        "Generate images `(num_samples, 1, 28, 28)` in [-1, 1]: integrate the learned velocity from noise (t = 0) to data (t = 1)."
+        from fm_mnist.sampler import sample  # the solvers come after training in the course
+        return sample(self, num_samples, num_steps, seed, batch_size, return_trajectory, solver, labels, guidance_scale,
+                      rtol, atol, return_nfe)
+
+    def check_sampling(self, solver: str, guidance_scale: float | None):
+        "Raise ValueError if this model cannot sample with `solver` and `guidance_scale` (every ODE solver and scale is fine here)."
+
+    def integrate(self, x0: torch.Tensor, labels: torch.Tensor | None, num_steps: int, solver: str,
+                  guidance_scale: float, return_trajectory: bool, rtol: float, atol: float):
+        "One batch of noise `x0` to samples: `(x1, trajectory or None, nfe)` (the sampler notebook)."
+        from fm_mnist.sampler import integrate
+        return integrate(self, x0, labels, num_steps, solver, guidance_scale, return_trajectory, rtol, atol)
+
+    def sample_batches(self, num_samples: int | None = None, num_steps: int | None = None, seed: int | None = None,
+                       batch_size: int | None = None, solver: str | None = None, labels=None,
+                       guidance_scale: float | None = None, return_trajectory: bool = False,
+                       rtol: float | None = None, atol: float | None = None):
+        "Like `sample`, one batch of `batch_size` at a time: yields `(samples, trajectory or None, nfe)` per batch."
+        from fm_mnist.sampler import sample_batches
+        return sample_batches(self, num_samples, num_steps, seed, batch_size, solver, labels, guidance_scale,
+                              return_trajectory, rtol, atol)

@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 import torch
-from fastcore.basics import patch
 
+from .config import SampleConfig
 from .flow_matching import FlowMatching
 
 # %% auto #0
-__all__ = ['SOLVERS', 'euler_integrate', 'CountingVelocity', 'check_solver', 'solve_ode', 'guided_velocity']
+__all__ = ['SOLVERS', 'euler_integrate', 'CountingVelocity', 'check_solver', 'solve_ode', 'guided_velocity', 'cycle_labels',
+           'integrate', 'sample_batches', 'sample']
 
 # %% ../nbs/70_sampler.ipynb #938ce16b
 def euler_integrate(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, num_steps: int,
@@ -50,12 +51,10 @@ def _step(solver: str, v: Callable, x: torch.Tensor, t: torch.Tensor, h: float) 
     k4 = v(x + h * k3, t + h)
     return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
-def check_solver(solver: str):
-    "Raise a one-line error if `solver` is unknown, or is dopri5 without torchdiffeq installed."
-    if solver not in SOLVERS: raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if solver == 'dopri5':
-        try: import torchdiffeq  # noqa: F401
-        except ImportError: raise ImportError("the dopri5 solver needs torchdiffeq: pip install torchdiffeq") from None
+def check_solver(solver: str, extra: dict | None = None):
+    "Raise a one-line error if `solver` is not one of `SOLVERS` (or of a model's own `extra` solvers)."
+    names = list(SOLVERS) + list(extra or {})
+    if solver not in names: raise ValueError(f"solver must be one of {', '.join(names)}, got {solver!r}")
 
 def solve_ode(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, num_steps: int = 100,
               solver: str = 'euler', return_trajectory: bool = False, rtol: float = 1e-4, atol: float = 1e-4):
@@ -79,20 +78,26 @@ def solve_ode(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     return x, (torch.stack(traj) if return_trajectory else None), v.calls
 
 # %% ../nbs/70_sampler.ipynb #d4951402
-def guided_velocity(model: Callable, labels: torch.Tensor | None, guidance_scale: float, null_label: int | None = None) -> Callable:
-    """The velocity `v(x, t)` to integrate: the model's own if `labels` is None, else classifier-free guidance
-    v_uncond + w (v_cond - v_uncond) (Ho & Salimans 2022) with both branches in one batched call; `labels` `(B,)`."""
-    if labels is None: return model
-    if guidance_scale == 1: return lambda x, t: model(x, t, labels)
+def guided_velocity(model: Callable, labels: torch.Tensor | None, guidance_scale: float,
+                    null_label: int | None = None) -> tuple[Callable, int]:
+    """`(v, passes)`: the velocity `v(x, t)` to integrate and the network forward passes per sample of each call. The
+    model's own velocity if `labels` is None, else classifier-free guidance v_uncond + w (v_cond - v_uncond)
+    (Ho & Salimans 2022), both branches in one batched call; `labels` `(B,)`."""
+    if labels is None: return model, 1
+    if guidance_scale == 1: return (lambda x, t: model(x, t, labels)), 1
     null = torch.full_like(labels, null_label)
-    if guidance_scale == 0: return lambda x, t: model(x, t, null)
+    if guidance_scale == 0: return (lambda x, t: model(x, t, null)), 1
     y2 = torch.cat([labels, null])
     def v(x, t):
         v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), y2).chunk(2)
         return v_uncond + guidance_scale * (v_cond - v_uncond)
-    return v
+    return v, 2
 
 # %% ../nbs/70_sampler.ipynb #42cd5308
+def cycle_labels(n: int, num_classes: int | None) -> list[int] | None:
+    "The digits 0, 1, ..., num_classes - 1, 0, 1, ... for `n` samples; None for an unconditional model."
+    return None if num_classes is None else [i % num_classes for i in range(n)]
+
 def _labels_tensor(labels, num_samples: int, num_classes: int | None) -> torch.Tensor | None:
     "`labels` (None, an int, or a sequence of `num_samples` ints) as a `(num_samples,)` int64 tensor, checked."
     if labels is None: return None
@@ -102,43 +107,50 @@ def _labels_tensor(labels, num_samples: int, num_classes: int | None) -> torch.T
     if y.numel() and (y.min() < 0 or y.max() >= num_classes): raise ValueError(f"labels must be digits 0-{num_classes - 1}")
     return y
 
-@patch
-def sample_batches(self: FlowMatching, num_samples: int = 64, num_steps: int = 100, seed: int | None = None,
-                   batch_size: int | None = None, solver: str = 'euler', labels: int | Sequence[int] | torch.Tensor | None = None,
-                   guidance_scale: float = 1.5, return_trajectory: bool = False, rtol: float = 1e-4, atol: float = 1e-4) -> Iterator:
-    "Yield the samples `(b, 1, 28, 28)` (with their trajectory `(T, b, 1, 28, 28)` if asked) one batch of `batch_size` at a time."
-    if num_samples < 1: raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
-    if num_steps < 1: raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-    check_solver(solver)
-    y = _labels_tensor(labels, num_samples, self.num_classes)
+def integrate(flow: FlowMatching, x0: torch.Tensor, labels: torch.Tensor | None, num_steps: int, solver: str,
+              guidance_scale: float, return_trajectory: bool, rtol: float, atol: float):
+    "`(x1, trajectory, nfe)` for one batch of noise `x0` on the model's device, with guidance (None: the default) for a conditional model."
+    if guidance_scale is None: guidance_scale = SampleConfig.guidance_scale
+    v, passes = guided_velocity(flow.model, labels, guidance_scale, flow.num_classes)
+    x, traj, calls = solve_ode(lambda x, t: v(x, t).float(), x0, num_steps, solver, return_trajectory, rtol, atol)
+    return x, traj, calls * passes
+
+def sample_batches(flow: FlowMatching, num_samples=None, num_steps=None, seed=None, batch_size=None, solver=None,
+                   labels=None, guidance_scale=None, return_trajectory=False, rtol=None, atol=None) -> Iterator:
+    "Yield `(samples (b, 1, 28, 28), trajectory (T, b, 1, 28, 28) or None, nfe)` one batch of `batch_size` at a time."
+    sc = SampleConfig(**{k: v for k, v in dict(num_samples=num_samples, num_steps=num_steps, guidance_scale=guidance_scale,
+                                                  rtol=rtol, atol=atol, batch_size=batch_size).items() if v is not None})
+    solver = solver or flow.default_solver or sc.solver
+    check_solver(solver, flow.own_solvers)
+    y = _labels_tensor(labels, sc.num_samples, flow.num_classes)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    batch_size, dev = batch_size or num_samples, self.device
-    self.last_nfe, done = 0, 0
-    while done < num_samples:
-        b = min(batch_size, num_samples - done)
-        x0 = torch.randn(b, 1, 28, 28, generator=g)  # drawn batch by batch: the same numbers as one big draw
+    batch_size, dev, done = sc.batch_size or sc.num_samples, flow.device, 0
+    while done < sc.num_samples:
+        b = min(batch_size, sc.num_samples - done)
+        x0 = torch.randn(b, *flow.image_shape, generator=g)  # drawn batch by batch: the same numbers as one big draw
         yb = None if y is None else y[done:done + b].to(dev)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = flow.model.training
+        flow.model.eval()
         try:
             half = torch.bfloat16 if dev.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
             with torch.inference_mode(), torch.autocast(dev.type, dtype=half, enabled=dev.type == 'cuda'):
-                v = guided_velocity(self.model, yb, guidance_scale, self.num_classes)
-                x, traj, nfe = solve_ode(lambda x, t: v(x, t).float(), x0.to(dev), num_steps, solver, return_trajectory, rtol, atol)
+                x, traj, nfe = flow.integrate(x0.to(dev), yb, sc.num_steps, solver, guidance_scale, return_trajectory,
+                                              sc.rtol, sc.atol)
         finally:
-            self.model.train(was_training)
-        self.last_nfe = max(self.last_nfe, nfe)  # fixed-step solvers: the same for every batch
+            flow.model.train(was_training)
+        x = x.float().cpu()
+        if not torch.isfinite(x).all():
+            raise FloatingPointError("the model produced non-finite values (NaN or infinity): its weights are broken")
         done += b
-        x = x.float().clamp(-1, 1).cpu()
-        yield (x, traj.float().cpu()) if return_trajectory else x
+        yield x.clamp(-1, 1), (traj.float().cpu() if return_trajectory else None), nfe
 
-@patch
-def sample(self: FlowMatching, num_samples: int = 64, num_steps: int = 100, seed: int | None = None,
-           batch_size: int | None = None, return_trajectory: bool = False, solver: str = 'euler',
-           labels: int | Sequence[int] | torch.Tensor | None = None, guidance_scale: float = 1.5,
-           rtol: float = 1e-4, atol: float = 1e-4):
-    "Generate `num_samples` images `(N, 1, 28, 28)` in [-1, 1] by integrating the learned velocity from noise (t = 0) to data (t = 1)."
-    batches = list(self.sample_batches(num_samples, num_steps, seed, batch_size, solver, labels, guidance_scale,
-                                       return_trajectory, rtol, atol))
-    if not return_trajectory: return torch.cat(batches)
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches], dim=1)
+def sample(flow: FlowMatching, num_samples=None, num_steps=None, seed=None, batch_size=None, return_trajectory=False,
+           solver=None, labels=None, guidance_scale=None, rtol=None, atol=None, return_nfe=False):
+    "`FlowMatching.sample`: all batches of `sample_batches` together; the NFE is also kept in `flow.last_nfe`."
+    batches = list(sample_batches(flow, num_samples, num_steps, seed, batch_size, solver, labels, guidance_scale,
+                                  return_trajectory, rtol, atol))
+    flow.last_nfe = max(nfe for *_, nfe in batches)   # fixed-step solvers: the same for every batch
+    out = torch.cat([x for x, *_ in batches])
+    if return_trajectory: out = (out, torch.cat([tr for _, tr, _ in batches], dim=1))
+    if return_nfe: return (*out, flow.last_nfe) if return_trajectory else (out, flow.last_nfe)
+    return out

@@ -15,6 +15,6 @@ from .blocks import ResidualBlock
 from .unet import UNet
 from .flow_matching import FlowMatching
 from .config import ModelConfig, TrainConfig, SampleConfig, PathConfig, PRESETS
-from .training import (train, new_train_state, resume_train_state, TrainState, save_checkpoint, load_checkpoint,
-                               flow_from_checkpoint, load_pretrained, CheckpointError)
-from .sampler import euler_integrate, solve_ode, guided_velocity, SOLVERS  # also adds FlowMatching.sample
+from .checkpoint import load_flow, load_pretrained, read_checkpoint, save_checkpoint, CheckpointError
+from .training import train, new_train_state, resume_train_state, TrainState, measure_step_time, plan_steps
+from .sampler import euler_integrate, solve_ode, guided_velocity, SOLVERS

@@ -12,7 +12,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from .data import load_mnist_tensors
-from .utils import atomic_save, get_device
+from .checkpoint import atomic_save
+from .utils import get_device
 
 # %% auto #0
 __all__ = ['CLASSIFIER_SHA256', 'MNISTClassifier', 'classifier_path', 'file_sha256', 'load_classifier', 'classifier_accuracy',
@@ -120,13 +121,14 @@ def classifier_outputs(images: torch.Tensor, classifier: MNISTClassifier, batch_
 
 @torch.no_grad()
 def nearest_distance(images: torch.Tensor, reference: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    "Euclidean distance `(N,)` from each image to its nearest image in `reference` (pixel space)."
+    "Euclidean distance `(N,)` from each image to its nearest image in `reference` (pixel space), computed on `reference`'s device."
     ref = reference.flatten(1).float()
     ref_sq = (ref ** 2).sum(1)
     out = []
     for x in images.flatten(1).float().split(batch_size):
+        x = x.to(ref.device)
         d2 = (x ** 2).sum(1, keepdim=True) - 2 * x @ ref.T + ref_sq
-        out.append(d2.min(1).values.clamp(min=0).sqrt())
+        out.append(d2.min(1).values.clamp(min=0).sqrt().cpu())
     return torch.cat(out)
 
 # %% ../nbs/80_evaluation.ipynb #dedd7938
@@ -134,8 +136,9 @@ class Evaluator:
     "Scores sets of images against MNIST with the shipped classifier; caches the test-set statistics."
     def __init__(self, root=None, device=None, batch_size: int = 500, classifier: MNISTClassifier | None = None):
         self.classifier = classifier if classifier is not None else load_classifier(device=device)
-        self.batch_size = batch_size
+        self.device, self.batch_size = next(self.classifier.parameters()).device, batch_size
         self.x_train, _ = load_mnist_tensors(root, train=True)
+        self.x_train_on_device = self.x_train.to(self.device)   # nearest-neighbour searches run where the classifier runs
         self.x_test, self.y_test = load_mnist_tensors(root, train=False)
         self.test_feats, _ = classifier_outputs(self.x_test, self.classifier, batch_size)
         self.test_stats = feature_stats(self.test_feats)
@@ -153,20 +156,21 @@ class Evaluator:
             real = self.x_train[torch.randperm(len(self.x_train), generator=g)[:n]]
             test = self.x_test[torch.randperm(len(self.x_test), generator=g)[:min(n, len(self.x_test))]]
             self._floors[n] = {'fid_floor': self.fid(real),
-                               'nn_distance_test_digits': nearest_distance(test, self.x_train, self.batch_size).mean().item()}
+                               'nn_distance_test_digits': nearest_distance(test, self.x_train_on_device, self.batch_size).mean().item()}
         return self._floors[n]
 
     def evaluate(self, images: torch.Tensor, floor: bool = True, labels: torch.Tensor | None = None) -> dict:
         "All metrics for `images` `(N, 1, 28, 28)` in [-1, 1]; with the requested `labels` `(N,)`, also how often the classifier agrees."
         images = images.float().clamp(-1, 1)
         feats, probs = classifier_outputs(images, self.classifier, self.batch_size)
-        hist = torch.bincount(probs.argmax(1), minlength=10).double() / len(images)
+        k = probs.shape[1]                                     # the classes: 10 digits
+        hist = torch.bincount(probs.argmax(1), minlength=k).double() / len(images)
         res = {'num_samples': len(images),
                'fid': frechet_distance(*feature_stats(feats), *self.test_stats),
                'confidence': probs.max(1).values.mean().item(),
                'class_histogram': hist.tolist(),
-               'class_tv_from_uniform': 0.5 * (hist - 0.1).abs().sum().item(),
-               'nn_distance': nearest_distance(images, self.x_train, self.batch_size).mean().item()}
+               'class_tv_from_uniform': 0.5 * (hist - 1 / k).abs().sum().item(),
+               'nn_distance': nearest_distance(images, self.x_train_on_device, self.batch_size).mean().item()}
         if labels is not None: res['label_agreement'] = (probs.argmax(1) == torch.as_tensor(labels).cpu()).float().mean().item()
         if floor: res.update(self.floor(len(images)))
         return res

@@ -4,39 +4,39 @@
 
 # %% ../nbs/75_explorer.ipynb #d81c9f89
 from __future__ import annotations
+import time
 import torch
 
 from .flow_matching import FlowMatching
-from .sampler import SOLVERS
+from .sampler import SOLVERS, cycle_labels
 from .utils import make_image_grid
 
 # %% auto #0
-__all__ = ['generate', 'show_generation', 'explorer']
+__all__ = ['ALL_DIGITS', 'generate', 'show_generation', 'explorer']
 
 # %% ../nbs/75_explorer.ipynb #6fa38019
-def generate(flow: FlowMatching, digit: int | None = None, guidance_scale: float = 1.5, solver: str = 'euler',
+def generate(flow: FlowMatching, digit: int | None = None, guidance_scale: float | None = None, solver: str | None = None,
              num_steps: int = 8, seed: int = 0, num_samples: int = 20):
     "Samples `(N, 1, 28, 28)`, trajectories `(T, N, 1, 28, 28)` and NFE; `digit` None: digits 0-9 in turn (conditional models)."
-    labels = None
-    if flow.num_classes is not None:
-        labels = [digit] * num_samples if digit is not None else [i % flow.num_classes for i in range(num_samples)]
-    elif digit is not None: raise ValueError("this model is unconditional: it cannot generate a requested digit")
-    samples, traj = flow.sample(num_samples=num_samples, num_steps=num_steps, seed=seed, solver=solver, labels=labels,
-                                guidance_scale=guidance_scale, return_trajectory=True)
-    return samples, traj, flow.last_nfe
+    if flow.num_classes is None and digit is not None: raise ValueError("this model is unconditional: it cannot generate a requested digit")
+    labels = [digit] * num_samples if digit is not None else cycle_labels(num_samples, flow.num_classes)
+    return flow.sample(num_samples=num_samples, num_steps=num_steps, seed=seed, solver=solver, labels=labels,
+                       guidance_scale=guidance_scale, return_trajectory=True, return_nfe=True)
 
-def show_generation(flow: FlowMatching, digit: int | None = None, guidance_scale: float = 1.5, solver: str = 'euler',
+def show_generation(flow: FlowMatching, digit: int | None = None, guidance_scale: float | None = None, solver: str | None = None,
                     num_steps: int = 8, seed: int = 0, num_samples: int = 20, strip_rows: int = 4, strip_frames: int = 9):
     "Draw the sample grid and a noise-to-digit trajectory strip for one setting; returns the matplotlib figure."
     import matplotlib.pyplot as plt
     samples, traj, nfe = generate(flow, digit, guidance_scale, solver, num_steps, seed, num_samples)
     frames = torch.linspace(0, traj.shape[0] - 1, min(strip_frames, traj.shape[0])).round().long().unique()
-    strip = traj[frames, :strip_rows].transpose(0, 1).reshape(-1, 1, 28, 28)       # (rows x frames, 1, 28, 28)
-    conditional = flow.num_classes is not None
+    strip = traj[frames, :strip_rows].transpose(0, 1).reshape(-1, *flow.image_shape)   # (rows x frames, 1, 28, 28)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={'width_ratios': [10, len(frames)]})
     a1.imshow(make_image_grid(samples, nrow=10), cmap='gray')  # all digits: one digit per column
-    what = ('digits 0-9' if digit is None else f'digit {digit}') + f', guidance {guidance_scale:g}, ' if conditional else ''
-    a1.set_title(f'{what}{solver}, {nfe} NFE, seed {seed}', fontsize=10)
+    what = ''
+    if flow.num_classes is not None:
+        w = next(v for v in (guidance_scale, flow.default_guidance_scale, 1.5) if v is not None)
+        what = ('digits 0-9' if digit is None else f'digit {digit}') + f', guidance {w:g}, '
+    a1.set_title(f'{what}{solver or flow.default_solver or "euler"}, {nfe} NFE, seed {seed}', fontsize=10)
     a2.imshow(make_image_grid(strip, nrow=len(frames)), cmap='gray')
     a2.set_title('noise (t = 0)  ->  digit (t = 1)', fontsize=10)
     for a in (a1, a2): a.axis('off')
@@ -44,31 +44,58 @@ def show_generation(flow: FlowMatching, digit: int | None = None, guidance_scale
     return fig
 
 # %% ../nbs/75_explorer.ipynb #05db0946
+ALL_DIGITS = -1  # the digit control's value for "every digit in turn" (a dropdown reads None as "nothing selected")
+
+def _shipped_models(device) -> dict:
+    "The shipped models worth exploring that this installation has, by name."
+    from fm_mnist.checkpoint import PRETRAINED, pretrained_path, load_flow
+    return {name: load_flow(name, device) for name in ('conditional', 'few_step', 'unconditional') if pretrained_path(name).is_file()}
+
 def explorer(flow: FlowMatching | None = None, device=None):
-    "Interactive explorer (ipywidgets): digit, guidance, solver, steps and seed. Falls back to a static figure without widgets."
-    if flow is None:
-        from fm_mnist.training import load_pretrained
-        flow = load_pretrained(device=device, name='conditional')
+    "Interactive explorer (ipywidgets): model, digit, guidance, solver, steps and seed. Falls back to a static figure without widgets."
+    models = {'given model': flow} if flow is not None else _shipped_models(device)
+    first = next(iter(models.values()))
     try:
         import ipywidgets as w
         from IPython.display import display
     except ImportError:
         import matplotlib.pyplot as plt
         print('ipywidgets is not installed (pip install ipywidgets): showing the default setting as a static figure')
-        show_generation(flow, solver='midpoint', num_steps=4); plt.show()   # the widgets' defaults
+        show_generation(first, solver='midpoint', num_steps=4); plt.show()   # the widgets' defaults
         return None
     import matplotlib.pyplot as plt
-    digits = [('all digits', None)] + [(str(d), d) for d in range(flow.num_classes or 0)]
-    controls = dict(
-        digit=w.Dropdown(options=digits, value=None, description='digit'),
-        guidance_scale=w.FloatSlider(value=1.5, min=0.0, max=8.0, step=0.5, description='guidance'),
-        solver=w.Dropdown(options=[s for s, n in SOLVERS.items() if n], value='midpoint', description='solver'),
-        num_steps=w.IntSlider(value=4, min=1, max=50, description='steps'),
-        seed=w.IntText(value=0, description='seed'))
-    if flow.num_classes is None: controls['digit'].disabled = controls['guidance_scale'].disabled = True
-    def draw(**kw):
-        show_generation(flow, **kw); plt.show()
-    ui = w.interactive(draw, {'manual': True, 'manual_name': 'Generate'}, **controls)
+    digits = [('all digits', ALL_DIGITS)] + [(str(d), d) for d in range(10)]
+    model = w.Dropdown(options=list(models), description='model')
+    digit = w.Dropdown(options=digits, value=ALL_DIGITS, description='digit')
+    guidance = w.FloatSlider(value=1.5, min=0.0, max=8.0, step=0.5, description='guidance')
+    solver = w.Dropdown(description='solver')
+    steps = w.IntSlider(value=4, min=1, max=50, description='steps')
+    seed = w.IntText(value=0, description='seed')
+    button, status, out = w.Button(description='Generate', button_style='primary'), w.Label(), w.Output()
+
+    def fit_controls(*_):   # what the chosen model can do
+        f = models[model.value]
+        own = list(f.own_solvers)
+        solver.options = own + [s for s, n in SOLVERS.items() if n]
+        solver.value = own[0] if own else 'midpoint'
+        steps.value = 1 if own else 4
+        digit.disabled = f.num_classes is None
+        guidance.disabled = f.num_classes is None or f.default_guidance_scale is not None   # few-step: built in
+    def draw(*_):
+        f = models[model.value]
+        button.disabled, status.value = True, f'drawing with {steps.value} step(s) of {solver.value}...'
+        t0 = time.perf_counter()
+        try:
+            with out:
+                out.clear_output(wait=True)
+                show_generation(f, digit=None if digit.value == ALL_DIGITS or digit.disabled else digit.value,
+                                guidance_scale=None if guidance.disabled else guidance.value, solver=solver.value,
+                                num_steps=steps.value, seed=seed.value); plt.show()
+            status.value = f'drawn in {time.perf_counter() - t0:.1f} s'
+        finally: button.disabled = False
+    model.observe(fit_controls, names='value'); button.on_click(draw)
+    fit_controls()
+    ui = w.VBox([w.HBox([model, digit, guidance]), w.HBox([solver, steps, seed]), w.HBox([button, status]), out])
     display(ui)
-    ui.children[-2].click()  # draw the default setting once
+    draw()  # the default setting, once
     return ui

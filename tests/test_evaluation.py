@@ -8,16 +8,17 @@ import torch.nn.functional as F
 
 from fm_mnist.evaluation import (Evaluator, classifier_path, file_sha256, frechet_distance, feature_stats,
                                  nearest_distance, CLASSIFIER_SHA256)
+from conftest import quiet
+from fm_mnist.checkpoint import pretrained_path
 from fm_mnist.cli import evaluate_main
-from fm_mnist.training import pretrained_path
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 1000
 
 
-@pytest.fixture(scope='module')
-def ev(mnist_root):
-    return Evaluator(mnist_root, device='cpu')
+@pytest.fixture
+def ev(evaluator):
+    return evaluator
 
 
 def test_shipped_classifier_hash_is_recorded():
@@ -66,58 +67,64 @@ def test_memorisation_check(ev):
     assert ev.evaluate(ev.x_test[:200], floor=False)['nn_distance'] > 3
 
 
-@pytest.mark.skipif(not classifier_path().is_file(), reason='no shipped classifier')
-def test_fm_evaluate_writes_json(tmp_path, mnist_root, capsys):
+def test_fm_evaluate_writes_json(tmp_path, mnist_root, evaluator, monkeypatch):
+    import fm_mnist.evaluation
+    monkeypatch.setattr(fm_mnist.evaluation, 'Evaluator', lambda *a, **k: evaluator)   # the session's evaluator
     out = tmp_path / 'eval.json'
-    rc = evaluate_main(['--pretrained', '--num_samples', '200', '--num_steps', '4', '--device', 'cpu',
-                        '--data_dir', str(mnist_root), '--json', str(out)])
-    assert rc == 0
+    rc, stdout, err = quiet(evaluate_main, ['--pretrained', '--num_samples', '200', '--num_steps', '4', '--device', 'cpu',
+                                            '--data_dir', str(mnist_root), '--json', str(out)])
+    assert rc == 0, err
     res = json.loads(out.read_text())
     for key in ('fid', 'fid_floor', 'confidence', 'class_histogram', 'class_tv_from_uniform', 'nn_distance', 'num_samples'):
         assert key in res
-    assert res['num_samples'] == 200 and res['nfe'] == 4
-    assert 'FID floor' in capsys.readouterr().out
+    assert res['num_samples'] == 200 and res['nfe'] == 4 and 'FID floor' in stdout
 
 
-def test_benchmarks_smoke(tmp_path, mnist_root):
-    rc = subprocess.run([sys.executable, 'benchmarks/quality_vs_nfe.py', '--pretrained', '--num_samples', '100', '--nfe', '1,2',
-                         '--solvers', 'euler,midpoint', '--tolerances', '1e-1',
-                         '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rc.returncode == 0, rc.stderr
+def bench(*args, timeout=600):
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_quality_and_speed_benchmarks_smoke(tmp_path, mnist_root):
+    bench('benchmarks/quality_vs_nfe.py', '--pretrained', '--num_samples', '100', '--nfe', '1,2', '--solvers', 'euler,midpoint',
+          '--tolerances', '1e-1', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path))
     assert json.loads((tmp_path / 'quality_vs_nfe.json').read_text())['rows'][0]['nfe'] == 1
     md = (tmp_path / 'quality_vs_nfe.md').read_text()
     assert (tmp_path / 'quality_vs_nfe.png').is_file() and '| euler |' in md and '| midpoint |' in md and 'dopri5' in md
-    rc = subprocess.run([sys.executable, 'benchmarks/speed.py', '--base_channels', '8', '--batch_size', '8', '--steps', '1',
-                         '--warmup', '1', '--sample_batch', '4', '--device', 'cpu', '--json', str(tmp_path / 'speed.json')],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rc.returncode == 0, rc.stderr
+    bench('benchmarks/speed.py', '--base_channels', '8', '--batch_size', '8', '--steps', '2', '--warmup', '1', '--sample_batch', '4',
+          '--device', 'cpu', '--data_dir', str(mnist_root), '--json', str(tmp_path / 'speed.json'))
     speed = json.loads((tmp_path / 'speed.json').read_text())
     assert speed['train_images_per_s'] > 0 and speed['gflops_per_image_forward'] > 0
 
 
+@pytest.mark.slow
+def test_recipe_benchmark_smoke(tmp_path, mnist_root):
+    bench('benchmarks/recipe.py', '--budget', 'images=256', '--variants', 'default,conditional_ot', '--num_samples', '50',
+          '--data_dir', str(mnist_root), '--out', str(tmp_path), '--cache', str(tmp_path / 'cache'))
+    res = json.loads((tmp_path / 'recipe_images256.json').read_text())
+    assert set(res['variants']) == {'default', 'conditional_ot'} and res['variants']['default']['steps'] == 2
+    assert res['variants']['conditional_ot']['midpoint_8']['nfe'] == 16     # guided: 8 calls, 2 forward passes each
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pretrained_path('conditional').is_file(), reason='the shipped conditional model is not in this tree')
+def test_guidance_benchmark_smoke(tmp_path, mnist_root):
+    bench('benchmarks/guidance.py', '--pretrained', 'conditional', '--num_samples', '50', '--scales', '0,2', '--num_steps', '2',
+          '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path))
+    rows = json.loads((tmp_path / 'guidance.json').read_text())['rows']
+    assert [r['guidance_scale'] for r in rows] == [0.0, 2.0] and all(0 <= r['label_agreement'] <= 1 for r in rows)
+    assert rows[1]['label_agreement'] > rows[0]['label_agreement']   # guidance makes the requested digit more likely
+
+
+@pytest.mark.bench
 def test_side_by_side_smoke(tmp_path, mnist_root):
-    pytest.importorskip('torchcfm')
-    pytest.importorskip('torchdiffeq')
-    rc = subprocess.run([sys.executable, 'benchmarks/side_by_side.py', '--images', '256', '--num_samples', '20',
-                         '--euler_steps', '2', '--attribution_steps', '1', '--device', 'cpu', '--data_dir', str(mnist_root),
-                         '--out', str(tmp_path)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert rc.returncode == 0, rc.stderr[-2000:]
+    bench('benchmarks/side_by_side.py', '--images', '256', '--num_samples', '20', '--euler_steps', '2', '--attribution_steps', '1',
+          '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path), '--cache', str(tmp_path / 'cache'), timeout=900)
     res = json.loads((tmp_path / 'side_by_side.json').read_text())
     assert set(res['results']) == {'fm_mnist', 'torchcfm_reference'}
     for side in res['results'].values():
         assert side['parameters'] > 0 and side['dopri5']['nfe'] >= 2 and side['euler_2']['nfe'] == 2
     assert res['meta']['images_seen'] == 256 and res['ratios']['train_speed'] > 0
     assert res['ratios']['architecture'] * res['ratios']['engineering'] == pytest.approx(res['ratios']['train_speed'])
-
-
-@pytest.mark.skipif(not pretrained_path('conditional').is_file(), reason='the shipped conditional model is not in this tree')
-def test_guidance_benchmark_smoke(tmp_path, mnist_root):
-    rc = subprocess.run([sys.executable, 'benchmarks/guidance.py', '--pretrained', '--num_samples', '50', '--scales', '0,2',
-                         '--num_steps', '2', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rc.returncode == 0, rc.stderr[-2000:]
-    rows = json.loads((tmp_path / 'guidance.json').read_text())['rows']
-    assert [r['guidance_scale'] for r in rows] == [0.0, 2.0] and all(0 <= r['label_agreement'] <= 1 for r in rows)
-    assert rows[1]['label_agreement'] > rows[0]['label_agreement']   # guidance makes the requested digit more likely

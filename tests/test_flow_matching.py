@@ -1,11 +1,14 @@
-"The flow-matching path, target and loss against values recomputed by hand; the time convention."
+"The flow-matching path, target and loss against values recomputed by hand; the time convention; optimal-transport pairs."
+import pytest
 import torch
 
 from fm_mnist import FlowMatching, UNet
+from fm_mnist.flow_matching import ot_pairing
 
 
-def _flow():
-    fm = FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu')
+def _flow(**kw):
+    fm = FlowMatching(UNet(base_channels=8, time_emb_dim=16, **({'num_classes': kw.pop('num_classes')} if 'num_classes' in kw else {})),
+                      device='cpu', **kw)
     torch.nn.init.normal_(fm.model.conv_out.weight, std=0.05)
     return fm
 
@@ -19,24 +22,19 @@ def test_convention_t0_is_noise_t1_is_data():
 def test_path_and_velocity_oracle():
     x0, x1, t = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28), torch.tensor([0.1, 0.5, 0.9])
     xt = FlowMatching.interpolate(x0, x1, t)
-    for i in range(3):
-        torch.testing.assert_close(xt[i], (1 - t[i]) * x0[i] + t[i] * x1[i])
-    torch.testing.assert_close(FlowMatching.target_velocity(x0, x1), x1 - x0)
-    # u_t is the time derivative of x_t: a finite difference agrees
-    h = 1e-3
+    for i in range(3): torch.testing.assert_close(xt[i], (1 - t[i]) * x0[i] + t[i] * x1[i])
+    h = 1e-3   # u_t is the time derivative of x_t: a finite difference agrees
     fd = (FlowMatching.interpolate(x0, x1, t + h) - FlowMatching.interpolate(x0, x1, t - h)) / (2 * h)
-    torch.testing.assert_close(fd, x1 - x0, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(fd, FlowMatching.target_velocity(x0, x1), atol=1e-3, rtol=1e-3)
 
 
 def test_loss_equals_hand_computed_mse():
     fm = _flow()
     x0, x1, t = torch.randn(5, 1, 28, 28), torch.rand(5, 1, 28, 28) * 2 - 1, torch.rand(5)
     loss = fm.loss(x1, x0=x0, t=t)
-    with torch.no_grad():
-        v = fm.model((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1, t)
-    expected = ((v - (x1 - x0)) ** 2).sum() / v.numel()
+    with torch.no_grad(): v = fm.model((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1, t)
     assert loss.shape == () and loss.dtype == torch.float32
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(loss, ((v - (x1 - x0)) ** 2).sum() / v.numel())
 
 
 def test_loss_draws_its_own_noise_and_time():
@@ -45,10 +43,42 @@ def test_loss_draws_its_own_noise_and_time():
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert fm.model.conv_out.weight.grad is not None
+    t = fm.sample_time(1000)
+    assert ((0 < t) & (t < 1)).all() and abs(t.mean() - 0.5) < 0.05   # logit-normal by default
 
 
-def test_device_read_from_model():
-    fm = _flow()
-    assert fm.device == torch.device('cpu')
-    sample_time = fm.sample_time(6)
-    assert sample_time.shape == (6,) and ((0 <= sample_time) & (sample_time <= 1)).all()
+def test_ot_pairing_reduces_the_transport_cost_and_keeps_the_noise():
+    g = torch.Generator().manual_seed(0)
+    x1, x0 = torch.rand(32, 1, 28, 28, generator=g) * 2 - 1, torch.randn(32, 1, 28, 28, generator=g)
+    p = ot_pairing(x0, x1)
+    cost = lambda a: (a - x1).pow(2).sum().item()
+    assert cost(p) < cost(x0)
+    # optimal: no swap of two pairs lowers the cost
+    c = torch.cdist(x1.flatten(1), p.flatten(1)).pow(2)
+    for i in range(8):
+        for j in range(i + 1, 8): assert c[i, i] + c[j, j] <= c[i, j] + c[j, i] + 1e-3
+    assert sorted(p.flatten(1)[:, 0].tolist()) == sorted(x0.flatten(1)[:, 0].tolist())   # a permutation of the noise
+
+
+def test_ot_pairs_stay_within_a_class():
+    g = torch.Generator().manual_seed(1)
+    x1, x0 = torch.rand(40, 1, 28, 28, generator=g), torch.randn(40, 1, 28, 28, generator=g)
+    y = torch.arange(40) % 4
+    p = ot_pairing(x0, x1, y)
+    rows = {v: i for i, v in enumerate(x0.flatten(1)[:, 0].tolist())}
+    src = torch.tensor([rows[v] for v in p.flatten(1)[:, 0].tolist()])
+    assert torch.equal(y[src], y)
+
+
+def test_ot_coupling_in_the_loss():
+    torch.manual_seed(0)
+    fm = _flow(coupling='ot', num_classes=10)
+    loss = fm.loss(torch.rand(8, 1, 28, 28) * 2 - 1, y=torch.arange(8))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match='coupling'): FlowMatching(UNet(base_channels=8, time_emb_dim=16), coupling='nn')
+
+
+def test_sample_is_a_method_of_the_class_itself():
+    "Defined in the class body (not attached later by another module), so it exists whatever was imported."
+    for name in ('sample', 'sample_batches', 'integrate', 'loss'): assert name in vars(FlowMatching), name
+    assert _flow().sample(2, 2, seed=0).shape == (2, 1, 28, 28)

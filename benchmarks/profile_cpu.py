@@ -9,10 +9,12 @@ mapping) and minor page faults per step. Then profiles one tuned step of ours wi
 operators that take the most time. The ratio of the two models in the same loop is the architecture's share of the
 speed-up over the reference recipe; the rest (loop, optimiser, coupling, allocator) is engineering.
 """
-import argparse, json, platform, subprocess, sys, tempfile
+import argparse, json, subprocess, sys, tempfile
 from pathlib import Path
 
 import torch
+
+from common import hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {  # name -> speed.py flags
@@ -37,11 +39,11 @@ def run_variant(flags, steps, device):
 
 def top_ops(n=12, batch=128):
     "torch.profiler's table of the most expensive operators in two tuned training steps of the cpu preset."
-    from fm_mnist.cli import tune_cpu_allocator
     from fm_mnist.config import PRESETS
+    from fm_mnist.performance import tune_cpu_allocator
     from fm_mnist.training import new_train_state, train_step
     tune_cpu_allocator()
-    state = new_train_state(*PRESETS['cpu'], device='cpu')
+    state = new_train_state(*PRESETS['cpu'], num_images=batch, device='cpu')
     x = torch.rand(batch, 1, 28, 28) * 2 - 1
     for _ in range(2): train_step(state, x, False, torch.float32)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -65,7 +67,7 @@ def main(argv=None):
         print(f"{name}: {r['seconds_per_step']:.3f} s/step, {r['train_images_per_s']:.0f} img/s, user {r['cpu_user_s_per_step']:.2f} s, "
               f"system {r['cpu_system_s_per_step']:.2f} s, {r['minor_page_faults_per_step']:.0f} page faults/step", flush=True)
     table = top_ops()
-    hw = f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}'
+    hw = hardware(args.device)
     lines = [f'Training step, batch 128, {args.steps} timed steps after 3 warm-up steps; {hw}.', '',
              '| variant | params | GFLOPs/img (fwd) | s/step | img/s | user s/step | system s/step | system share | page faults/step |',
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']

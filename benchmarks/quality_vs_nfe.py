@@ -1,105 +1,82 @@
 """Sample quality against the number of function evaluations (NFE), for every solver fm_mnist has.
 
     python benchmarks/quality_vs_nfe.py --pretrained --data_dir <MNIST root>
-    python benchmarks/quality_vs_nfe.py --pretrained conditional --guidance_scale 1.5 --name quality_vs_nfe_conditional
+    python benchmarks/quality_vs_nfe.py --pretrained conditional --nfe 2,4,8,16,32 --name quality_vs_nfe_conditional
+    python benchmarks/quality_vs_nfe.py --pretrained few_step --nfe 1,2,4 --solvers meanflow,midpoint
     python benchmarks/quality_vs_nfe.py --checkpoint results/checkpoint_final.pt --num_samples 10000 --device cuda
 
-NFE counts model evaluations: steps times evaluations per step (a guided step, both branches in one batched call, counts
-once). Fixed-step solvers are run at each NFE they can hit exactly; the adaptive dopri5 at each of --tolerances, with the
-NFE it chose. Every cell uses the same N, the same starting noise (seed) and the same evaluator; the real-data floor at
-that N is printed beside the table. A conditional model is asked for every digit equally often. Writes NAME.md, .json
+NFE counts network forward passes per sample: steps times evaluations per step, times two for a guided step (both branches
+of classifier-free guidance run in one batched call on a doubled batch). Fixed-step solvers are run at each NFE they can hit
+exactly; the adaptive dopri5 at each of --tolerances, with the NFE it chose; a few-step model's own jump ('meanflow') costs
+one pass per step. Every cell uses the same N, the same starting noise (seed) and the same evaluator; the real-data floor
+at that N is printed beside the table. A conditional model is asked for every digit equally often. Writes NAME.md, .json
 and .png into --out.
 """
-import argparse, json, platform, sys, time
-from pathlib import Path
+import argparse, sys, time
 
 import torch
 
-from fm_mnist.cli import _load_flow, tune_cpu_allocator
+from common import add_common_flags, hardware, model_from_args, num_samples, setup, write
 from fm_mnist.evaluation import Evaluator
-from fm_mnist.utils import get_device
-from fm_mnist.sampler import SOLVERS
-
-FIXED = [s for s, per_step in SOLVERS.items() if per_step]  # euler, midpoint, heun, rk4
-
-
-def labels_for(flow, n):
-    "Every digit equally often for a conditional model; None for an unconditional one."
-    return None if flow.num_classes is None else [i % flow.num_classes for i in range(n)]
-
-
-def sample(flow, solver, nfe, n, seed, batch_size, guidance_scale):
-    "Samples with a fixed-step `solver` at `nfe` model evaluations, or None when it cannot hit that NFE exactly."
-    per_step = SOLVERS[solver]
-    if nfe % per_step: return None
-    return flow.sample(num_samples=n, num_steps=nfe // per_step, seed=seed, batch_size=batch_size, solver=solver,
-                       labels=labels_for(flow, n), guidance_scale=guidance_scale)
+from fm_mnist.sampler import SOLVERS, cycle_labels
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument('--checkpoint')
-    src.add_argument('--pretrained', nargs='?', const='unconditional', choices=['unconditional', 'conditional'])
-    p.add_argument('--results_dir', default='results')
+    add_common_flags(p)
     p.add_argument('--nfe', default='1,2,4,8,16,32,100')
-    p.add_argument('--solvers', default=','.join(FIXED), help='fixed-step solvers to run')
+    p.add_argument('--solvers', help='fixed-step solvers to run (default: all, and the model\'s own jump if it has one)')
     p.add_argument('--tolerances', default='1e-2,1e-3', help="dopri5's rtol = atol values ('' for none)")
-    p.add_argument('--guidance_scale', type=float, default=1.5, help='conditional models')
+    p.add_argument('--guidance_scale', type=float, help='conditional models (default: the library\'s)')
     p.add_argument('--name', default='quality_vs_nfe', help='base name of the files written')
-    p.add_argument('--num_samples', type=int, help='N (default: 10000 on CUDA, else 2000)')
     p.add_argument('--batch_size', type=int, default=500)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device')
-    p.add_argument('--data_dir')
-    p.add_argument('--out', default='benchmarks/results')
     args = p.parse_args(argv)
-    tune_cpu_allocator()
-    device = get_device(args.device)
-    flow, source = _load_flow(args, device)
-    n = args.num_samples or (10_000 if device.type == 'cuda' else 2_000)
-    nfes = [int(x) for x in args.nfe.split(',')]
+    device = setup(args)
+    flow, source = model_from_args(args, device)
+    per_step = {**flow.own_solvers, **{s: k for s, k in SOLVERS.items() if k}}
+    solvers = args.solvers.split(',') if args.solvers else list(per_step)
+    n, nfes = num_samples(args, device), [int(x) for x in args.nfe.split(',')]
+    labels = cycle_labels(n, flow.num_classes)
+    w = args.guidance_scale if args.guidance_scale is not None else flow.default_guidance_scale
+    passes = 2 if labels is not None and flow.default_guidance_scale is None and w not in (0, 1) else 1
     ev = Evaluator(args.data_dir, device=device, batch_size=args.batch_size)
     floor = ev.floor(n)
-    rows, solvers = [], args.solvers.split(',')
-    labels = labels_for(flow, n)
+    rows = []
 
-    def record(solver, nfe, s, t0, **extra):
+    def run(solver, **kw):
+        t0 = time.perf_counter()
+        s, nfe = flow.sample(num_samples=n, seed=args.seed, batch_size=args.batch_size, solver=solver, labels=labels,
+                             guidance_scale=args.guidance_scale, return_nfe=True, **kw)
         r = ev.evaluate(s, floor=False, labels=None if labels is None else torch.tensor(labels))
         rows.append({'solver': solver, 'nfe': nfe, 'fid': r['fid'], 'confidence': r['confidence'],
                      'class_tv_from_uniform': r['class_tv_from_uniform'], 'label_agreement': r.get('label_agreement'),
-                     'seconds': time.perf_counter() - t0, **extra})
+                     'seconds': time.perf_counter() - t0, **{k: v for k, v in kw.items() if k == 'rtol'}})
         agree = f"  agreement {r['label_agreement']:.4f}" if labels is not None else ''
-        print(f"{solver:>8} NFE {nfe:>4}: FID {r['fid']:8.3f}  confidence {r['confidence']:.4f}{agree}  ({rows[-1]['seconds']:.0f} s)", flush=True)
+        print(f"{solver:>8} NFE {nfe:>4}: FID {r['fid']:8.3f}  confidence {r['confidence']:.4f}{agree}  ({rows[-1]['seconds']:.0f} s)",
+              flush=True)
 
     for solver in solvers:
+        cost = per_step[solver] * (1 if solver in flow.own_solvers else passes)
         for nfe in nfes:
-            t0 = time.perf_counter()
-            s = sample(flow, solver, nfe, n, args.seed, args.batch_size, args.guidance_scale)
-            if s is not None: record(solver, nfe, s, t0)
-    for tol in [float(x) for x in args.tolerances.split(',') if x]:
-        t0 = time.perf_counter()
-        s = flow.sample(num_samples=n, seed=args.seed, batch_size=args.batch_size, solver='dopri5', rtol=tol, atol=tol,
-                        labels=labels, guidance_scale=args.guidance_scale)
-        record('dopri5', flow.last_nfe, s, t0, tolerance=tol)
-    hw = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
-    meta = {'checkpoint': source, 'num_samples': n, 'seed': args.seed, 'hardware': hw, 'torch': torch.__version__,
-            'guidance_scale': args.guidance_scale if labels is not None else None, **floor}
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / f'{args.name}.json').write_text(json.dumps({'meta': meta, 'rows': rows}, indent=2))
+            if nfe % cost == 0: run(solver, num_steps=nfe // cost)
+    for tol in [float(x) for x in args.tolerances.split(',') if x]: run('dopri5', rtol=tol, atol=tol)
+
+    hw = hardware(device)
+    meta = {'checkpoint': source, 'num_samples': n, 'seed': args.seed, 'hardware': hw,
+            'guidance_scale': w if labels is not None else None, **floor}
     cell = lambda r: f"{r['fid']:.2f} / {r['confidence']:.3f}" + (f" / {r['label_agreement']:.3f}" if labels is not None else '')
     what = 'FID / confidence' + (' / agreement with the requested digit' if labels is not None else '')
-    guided = f", guidance scale {args.guidance_scale:g}" if labels is not None else ''
-    header = '| solver | ' + ' | '.join(f'NFE {k}' for k in nfes) + ' |'
-    lines = [f"Quality versus NFE: {source}{guided}, N = {n}, seed {args.seed}, {hw}. "
+    guided = (f", guidance {w:g}" + (' (built in by training)' if flow.default_guidance_scale is not None else
+                                     ', both branches counted')) if labels is not None else ''
+    lines = [f"Quality versus NFE (network forward passes per sample): {source}{guided}, N = {n}, seed {args.seed}, {hw}. "
              f"Real-data floor at this N: FID {floor['fid_floor']:.3f}. Each cell: {what}.", '',
-             header, '|' + ' --- |' * (len(nfes) + 1)]
+             '| solver | ' + ' | '.join(f'NFE {k}' for k in nfes) + ' |', '|' + ' --- |' * (len(nfes) + 1)]
     for solver in solvers:
         cells = {r['nfe']: cell(r) for r in rows if r['solver'] == solver}
         lines.append(f'| {solver} | ' + ' | '.join(cells.get(k, '') for k in nfes) + ' |')
     for r in rows:
-        if r['solver'] == 'dopri5': lines.append(f"\ndopri5, rtol = atol = {r['tolerance']:g}: NFE {r['nfe']}, {cell(r)}")
-    (out / f'{args.name}.md').write_text('\n'.join(lines) + '\n')
+        if r['solver'] == 'dopri5': lines.append(f"\ndopri5, rtol = atol = {r['rtol']:g}: NFE {r['nfe']}, {cell(r)}")
+    write(args.out, args.name, {'meta': meta, 'rows': rows}, '\n'.join(lines))
     print('\n'.join(lines))
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -107,11 +84,11 @@ def main(argv=None):
     for solver in solvers + ['dopri5']:
         rs = [r for r in rows if r['solver'] == solver]
         if rs: ax.plot([r['nfe'] for r in rs], [r['fid'] for r in rs], 'o-' if solver != 'dopri5' else 's', label=solver)
-    ax.axhline(floor['fid_floor'], color='k', ls='--', lw=0.8, label='real-data floor')
-    ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('NFE (model evaluations)'); ax.set_ylabel(f'FID (N = {n})')
-    ax.legend(); ax.set_title('sample quality versus NFE'); fig.tight_layout()
-    fig.savefig(out / f'{args.name}.png', dpi=120)
-    print(f'written: {out}/{args.name}.md, .json, .png')
+    ax.axhline(floor['fid_floor'], color='k', ls='--', lw=0.8, label='real-data floor (expected FID of real digits)')
+    ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('NFE (network forward passes)'); ax.set_ylabel(f'FID (N = {n})')
+    ax.legend(fontsize=8); ax.set_title('sample quality versus NFE'); fig.tight_layout()
+    fig.savefig(f'{args.out}/{args.name}.png', dpi=120)
+    print(f'written: {args.out}/{args.name}.md, .json, .png')
     return 0
 
 

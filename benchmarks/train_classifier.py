@@ -7,7 +7,7 @@ The shipped file's SHA-256 is recorded in nbs/80_evaluation.ipynb (CLASSIFIER_SH
 paste the printed hash there and run nbdev_export. Retraining on the same hardware and software gives the same bytes;
 other CPUs or library versions may differ in the last bits, which --check reports.
 """
-import argparse, platform, sys, tempfile, time
+import argparse, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from fm_mnist.evaluation import (CLASSIFIER_SHA256, classifier_accuracy, classifier_path, file_sha256, load_classifier,
                                  save_classifier, train_classifier)
 from fm_mnist.data import load_mnist_tensors
+from common import hardware
 
 
 def main(argv=None):
@@ -32,8 +33,7 @@ def main(argv=None):
     secs = time.perf_counter() - t0
     out = Path(tempfile.mkdtemp()) / 'mnist_classifier.pt' if args.check else Path(args.out)
     sha = save_classifier(model, out, acc)
-    print(f'test accuracy {acc:.4f}; {secs:.0f} s on {platform.processor() or platform.machine()} '
-          f'({torch.get_num_threads()} threads), torch {torch.__version__}')
+    print(f"test accuracy {acc:.4f}; {secs:.0f} s on {hardware(args.device)}")
     print(f'wrote {out}\nSHA-256 {sha}')
     if acc < 0.99: print('accuracy below 0.99: the evaluator needs at least 99%'); return 1
     if args.check:

@@ -21,6 +21,16 @@ from fm_mnist.evaluation import Evaluator
 from fm_mnist.sampler import SOLVERS, cycle_labels
 
 
+class ClampedTime(torch.nn.Module):
+    "The wrapped network, asked for the velocity at min(t, t_max) instead of t."
+    def __init__(self, model, t_max):
+        super().__init__()
+        self.model, self.t_max = model, t_max
+        self.num_classes, self.image_shape = getattr(model, 'num_classes', None), getattr(model, 'image_shape', (1, 28, 28))
+    def forward(self, x, t, *args, **kwargs):
+        return self.model(x, torch.as_tensor(t, device=x.device).clamp(max=self.t_max), *args, **kwargs)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
@@ -30,9 +40,14 @@ def main(argv=None):
     p.add_argument('--guidance_scale', type=float, help='conditional models (default: the library\'s)')
     p.add_argument('--name', default='quality_vs_nfe', help='base name of the files written')
     p.add_argument('--batch_size', type=int, default=500)
+    p.add_argument('--t_max', type=float, help='ask the network for the velocity at min(t, t_max) instead of t: tests whether '
+                   'evaluating at t = 1 itself hurts (the last stage of Heun and RK4 is there)')
     args = p.parse_args(argv)
     device = setup(args)
     flow, source = model_from_args(args, device)
+    if args.t_max is not None:
+        flow.model = ClampedTime(flow.model, args.t_max)
+        source += f', network evaluated at min(t, {args.t_max:g})'
     per_step = {**flow.own_solvers, **{s: k for s, k in SOLVERS.items() if k}}
     solvers = args.solvers.split(',') if args.solvers else list(per_step)
     n, nfes = num_samples(args, device), [int(x) for x in args.nfe.split(',')]

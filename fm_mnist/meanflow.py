@@ -40,7 +40,7 @@ class MeanFlow(FlowMatching):
     own_solvers = {'meanflow': 1}    # the jump: one network call per step
 
     def __init__(self,
-                 model: nn.Module,                        # a `UNet` built with `interval=True`
+                 model: nn.Module,                        # takes (x, t, y, r): a `UNet` built with `interval=True`
                  device=None,
                  label_dropout: float = LABEL_DROPOUT,    # conditional models: how often a label is hidden in training
                  interval_share: float = 0.25,            # share of training pairs with r > t (the rest have r = t)
@@ -48,8 +48,8 @@ class MeanFlow(FlowMatching):
                  weight_power: float = 1.0,               # adaptive loss weight 1 / (|error|^2 + c)^p; 0: plain squared error
                  time_sampling: str = TIME_SAMPLINGS[0],
                  coupling: str = 'independent'):
-        if getattr(model, 'interval_embedding', None) is None:
-            raise ValueError("a MeanFlow model needs a UNet built with interval=True (it takes a second time r)")
+        if not getattr(model, 'takes_interval', False):
+            raise ValueError("a MeanFlow model needs a network that takes a second time r (a UNet built with interval=True)")
         super().__init__(model, device, time_sampling=time_sampling, label_dropout=label_dropout, coupling=coupling)
         self.interval_share, self.weight_power = interval_share, weight_power
         if self.num_classes is not None and guidance_scale is None:

@@ -317,19 +317,24 @@ def measure_step_time(state: TrainState, images: torch.Tensor, labels: torch.Ten
              state.scheduler.state_dict(), copy.deepcopy(state.scaler.state_dict()),
              None if state.ema is None else copy.deepcopy(state.ema.state_dict()), state.step)
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    def batches():                                         # real batches, epoch after epoch
+        epoch = 1
+        while True:
+            yield from epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, None, dev)
+            epoch += 1
+    def step(idx):
+        idx = idx.tensor_split(world)[rank]
+        train_step(state, images[idx], amp, amp_dtype, None if labels is None else labels[idx], tflow)
     with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
-        batches = epoch_indices(images.shape[0], tc.batch_size, tc.seed, 1, None, dev)
-        done, t0 = 0, None
-        for i in range(warmup + max_steps):
-            try: idx = next(batches).tensor_split(world)[rank]
-            except StopIteration: batches = epoch_indices(images.shape[0], tc.batch_size, tc.seed, 2 + i, None, dev); continue
-            if i == warmup: sync(); t0 = time.perf_counter()
-            train_step(state, images[idx], amp, amp_dtype, None if labels is None else labels[idx], tflow)
-            if i >= warmup:
-                done += 1
-                if done >= min_steps and (sync() or time.perf_counter() - t0 >= min_seconds): break
-        sync()
-        seconds = (time.perf_counter() - t0) / max(done, 1)
+        it = batches()
+        for _ in range(warmup): step(next(it))
+        sync(); t0, done = time.perf_counter(), 0
+        while done < max_steps:
+            step(next(it)); done += 1
+            if done >= min_steps:
+                sync()
+                if time.perf_counter() - t0 >= min_seconds: break
+        seconds = (time.perf_counter() - t0) / done
     model_state, opt_state, sched_state, scaler_state, ema_state, step = saved
     state.flow.model.load_state_dict(model_state)
     state.optimizer.load_state_dict(opt_state); match_optimizer_layouts(state.optimizer)

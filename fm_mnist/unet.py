@@ -68,6 +68,7 @@ class UNet(nn.Module):
         self.num_classes = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, time_emb_dim) if num_classes else None
         # optional second time (few-step models): an embedding of r - t that starts at zero
+        self.takes_interval = interval
         self.interval_embedding = TimeEmbedding(time_emb_dim) if interval else None
         if interval: nn.init.zeros_(self.interval_embedding.mlp[-1].weight); nn.init.zeros_(self.interval_embedding.mlp[-1].bias)
         self.conv_in = nn.Conv2d(in_channels, chs[0], 3, padding=1)

@@ -1,0 +1,156 @@
+"""Few-step models against their teacher: MeanFlow fine-tuning and reflow, at equal CPU time.
+
+    python benchmarks/few_step.py --teacher unconditional --minutes 45 --save_model fm_mnist/assets/fm_mnist_cpu_meanflow.pt
+    python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
+
+Both methods start from the teacher's weights and get the same wall-clock budget on this machine:
+
+- **MeanFlow**: the teacher's UNet with an interval input (starting at zero), fine-tuned with the MeanFlow loss
+  (`--objective meanflow`); sampled with its own jump, one network evaluation per step.
+- **Reflow**: pairs (noise, the teacher's sample from that noise with 4 midpoint steps, 8 NFE; the time spent making them
+  counts in the budget), then flow matching on those fixed pairs, from the teacher's weights; sampled with Euler.
+
+Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
+teacher at 8 NFE (4 midpoint steps) and 100 (Euler). NFE counts network forward passes (a guided step is two; a few-step
+model has its guidance built in). Writes NAME.json and NAME.md into --out; with --save_model, the MeanFlow model is exported
+for sampling there.
+"""
+import argparse, json, sys, time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from common import add_common_flags, hardware, setup, write
+from fm_mnist.checkpoint import build_model, checkpoint_path, export_for_sampling, read_checkpoint, save_checkpoint, load_flow
+from fm_mnist.config import TrainConfig
+from fm_mnist.data import load_mnist_tensors
+from fm_mnist.evaluation import Evaluator
+from fm_mnist.meanflow import reflow_pairs
+from fm_mnist.sampler import cycle_labels
+from fm_mnist.training import measure_step_time, new_train_state, plan_steps, train
+
+
+def score(flow, ev, n, seed, **kw):
+    labels = cycle_labels(n, flow.num_classes)
+    t0 = time.perf_counter()
+    x, nfe = flow.sample(num_samples=n, seed=seed, batch_size=500, labels=labels, return_nfe=True, **kw)
+    r = ev.evaluate(x, floor=False, labels=None if labels is None else torch.tensor(labels))
+    out = {k: r[k] for k in ('fid', 'confidence', 'class_tv_from_uniform')} | {'nfe': nfe, 'seconds': time.perf_counter() - t0}
+    if labels is not None: out['label_agreement'] = r['label_agreement']
+    return out
+
+
+def teacher_model(ckpt, source, interval: bool):
+    "The teacher's EMA weights in a fresh UNet, with an interval input (at zero) when `interval`."
+    mc = replace(ckpt['_model_config'], interval=interval)
+    model = mc.build()
+    missing, unexpected = model.load_state_dict(build_model(ckpt, source).state_dict(), strict=False)
+    assert not unexpected and all(k.startswith('interval_embedding.') for k in missing)
+    return mc, model
+
+
+def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
+    start = time.perf_counter()
+    mc, model = teacher_model(ckpt, source, interval=True)
+    tc = replace(ckpt['_train_config'], objective='meanflow', time_sampling='logit_normal', lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
+                 warmup_fraction=0.02, meanflow_interval_share=args.interval_share, batch_size=args.batch_size,
+                 max_steps_per_epoch=None, seed=args.seed)
+    state = new_train_state(mc, tc, len(images), device, model=model)
+    sps = measure_step_time(state, images, labels)
+    plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
+    print(f'meanflow: {state.total_steps} steps of {tc.batch_size} ({tc.batch_size / sps:.0f} images/s)', flush=True)
+    train(state, images, labels if mc.num_classes else None, progress=args.progress)
+    path = save_checkpoint(state.checkpoint(), out_dir / 'meanflow_checkpoint.pt')
+    return state.ema_flow(), {'steps': state.step, 'images_per_s': tc.batch_size / sps, 'minutes': (time.perf_counter() - start) / 60,
+                              'checkpoint': str(path)}
+
+
+def run_reflow(teacher, ckpt, source, images, labels, minutes, args, device, out_dir):
+    start = time.perf_counter()
+    n = args.reflow_pairs
+    y = None if teacher.num_classes is None else torch.tensor(cycle_labels(n, teacher.num_classes))
+    x0, x1 = reflow_pairs(teacher, n, num_steps=4, solver='midpoint', seed=args.seed + 1, labels=y, progress=args.progress)
+    pair_minutes = (time.perf_counter() - start) / 60
+    print(f'reflow: {n} pairs in {pair_minutes:.1f} min', flush=True)
+    mc, model = teacher_model(ckpt, source, interval=False)
+    tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', lr=args.lr, minutes=minutes,
+                 max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
+    state = new_train_state(mc, tc, n, device, model=model)
+    sps = measure_step_time(state, x1, y)
+    plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
+    print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
+    train(state, x1, y, noise=x0, progress=args.progress)
+    save_checkpoint(state.checkpoint(), out_dir / 'reflow_checkpoint.pt')
+    return state.ema_flow(), {'pairs': n, 'pair_minutes': pair_minutes, 'steps': state.step,
+                              'minutes': (time.perf_counter() - start) / 60}
+
+
+def markdown(data) -> str:
+    m = data['meta']
+    agree = 'label_agreement' in next(iter(data['rows']))
+    lines = [f"Few-step models from {m['teacher']}, {m['minutes']:g} minutes of CPU time each ({m['hardware']}); evaluator N = "
+             f"{m['num_samples']}, seed {m['seed']}, real-data floor FID {m['fid_floor']:.2f}. NFE: network forward passes per "
+             f"sample.", '',
+             '| model | sampler | NFE | FID | confidence | class TV' + (' | agreement with the requested digit' if agree else '') + ' |',
+             '| --- | --- | --- | --- | --- | ---' + (' | ---' if agree else '') + ' |']
+    for r in data['rows']:
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['fid']:.1f} | {r['confidence']:.3f} | "
+                     f"{r['class_tv_from_uniform']:.3f}" + (f" | {r['label_agreement']:.3f}" if agree else '') + ' |')
+    lines += ['', 'Costs: ' + '; '.join(f"{k}: {v}" for k, v in data['costs'].items())]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p, model=False, num_samples=2000)
+    p.add_argument('--teacher', default='unconditional', help='a shipped model\'s name or a checkpoint')
+    p.add_argument('--minutes', type=float, default=45, help='wall-clock budget of each method')
+    p.add_argument('--methods', default='meanflow,reflow')
+    p.add_argument('--lr', type=float, default=3e-4, help='fine-tuning learning rate')
+    p.add_argument('--batch_size', type=int, default=128)
+    p.add_argument('--interval_share', type=float, default=0.25, help='MeanFlow: share of training pairs with r > t')
+    p.add_argument('--reflow_pairs', type=int, default=20_000)
+    p.add_argument('--work', default='benchmarks/.cache/few_step', help='where the trained models are kept')
+    p.add_argument('--save_model', help='export the MeanFlow model for sampling to this path')
+    p.add_argument('--name', default='few_step')
+    p.add_argument('--progress', action='store_true')
+    args = p.parse_args(argv)
+    device = setup(args)
+    work = Path(args.work); work.mkdir(parents=True, exist_ok=True)
+    source = str(checkpoint_path(args.teacher))
+    ckpt = read_checkpoint(source)
+    teacher = load_flow(source, device)
+    images, labels = load_mnist_tensors(args.data_dir, train=True)
+    ev = Evaluator(args.data_dir, device=device)
+    n = args.num_samples
+    rows, costs = [], {'teacher': f"{ckpt['step']} steps of training"}
+    def add(model, sampler, r):
+        rows.append({'model': model, 'sampler': sampler, **r})
+        print(f"{model} {sampler}: NFE {r['nfe']}, FID {r['fid']:.1f}, confidence {r['confidence']:.3f}", flush=True)
+    add('teacher', 'midpoint, 4 steps', score(teacher, ev, n, args.seed, num_steps=4, solver='midpoint'))
+    add('teacher', 'euler, 100 steps', score(teacher, ev, n, args.seed, num_steps=100, solver='euler'))
+    for k in (1, 2):
+        add('teacher', f'euler, {k} steps', score(teacher, ev, n, args.seed, num_steps=k, solver='euler'))
+    if 'meanflow' in args.methods:
+        mf, facts = run_meanflow(ckpt, source, images, labels, args.minutes, args, device, work)
+        costs['meanflow'] = f"{facts['minutes']:.1f} min, {facts['steps']} steps at {facts['images_per_s']:.0f} images/s"
+        for k in (1, 2, 4): add('meanflow', f'jump, {k} step' + 's' * (k > 1), score(mf, ev, n, args.seed, num_steps=k))
+        if args.save_model:
+            export_for_sampling(facts['checkpoint'], args.save_model)
+            print(f'exported: {args.save_model}', flush=True)
+    if 'reflow' in args.methods:
+        rf, facts = run_reflow(teacher, ckpt, source, images, labels, args.minutes, args, device, work)
+        costs['reflow'] = (f"{facts['minutes']:.1f} min: {facts['pairs']} teacher pairs in {facts['pair_minutes']:.1f} min, "
+                           f"then {facts['steps']} steps")
+        for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
+    data = {'meta': {'teacher': source, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
+                     'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share},
+            'rows': rows, 'costs': costs}
+    write(args.out, args.name, data, markdown(data))
+    print(markdown(data))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -86,6 +86,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999               # AdamW's second-moment decay (0.99 adapts faster in short runs)
     warmup_steps: int = 500                 # the warm-up lasts min(warmup_steps, warmup_fraction x the run's steps)
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
@@ -111,6 +112,7 @@ class TrainConfig:
         _int_in(self, 'batch_size', 1, 1 << 20)
         _float_in(self, 'lr', 0.0, 10.0, open_lo=True)
         _float_in(self, 'weight_decay', 0.0, 10.0)
+        _float_in(self, 'adam_beta2', 0.0, 0.9999)
         _int_in(self, 'warmup_steps', 0, 10**9)
         _float_in(self, 'warmup_fraction', 0.0, 1.0)
         _float_in(self, 'grad_clip', 0.0, 1e6)

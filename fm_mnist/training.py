@@ -169,7 +169,7 @@ def new_train_state(model_config: ModelConfig, train_config: TrainConfig, num_im
     flow = tc.build_flow(model if model is not None else model_config.build(), device)
     dev = flow.device
     if use_channels_last(tc.channels_last, dev): flow.model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(flow.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+    opt = torch.optim.AdamW(flow.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, tc.adam_beta2),
                             **({'fused': True} if dev.type == 'cuda' else {}))
     def schedule(step):  # reads the plan each time: a time budget may fix the length after this state is built
         total = run_steps(tc, spe)

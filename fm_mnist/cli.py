@@ -216,8 +216,8 @@ def _seconds_per_grid(flow, args, device) -> float:
     return broadcast_from_rank0(agree_on_failure(measure, device), device)
 
 def _duration(seconds: float) -> str:
-    m = seconds / 60
-    return f'{m:.0f} min' if m < 90 else f'{m / 60:.1f} h'
+    if seconds < 90: return f'{seconds:.0f} s'
+    return f'{seconds / 60:.0f} min' if seconds < 90 * 60 else f'{seconds / 3600:.1f} h'
 
 def _train(args):
     start = time.perf_counter()
@@ -284,17 +284,16 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
         f'{state.steps_per_epoch} steps per epoch; results in {results}/', flush=True)
 
     saved = [path] if args.resume else []  # checkpoints of this run, newest last
-    clock = [time.perf_counter()]
+    clock = [time.perf_counter(), state.step]  # when and at which step the current epoch started
 
     def on_epoch_end(st: TrainState):  # called on process 0 only
-        e, now = st.epoch, time.perf_counter()
-        n = min(st.steps_per_epoch, len(st.losses))
+        e, now, n = st.epoch, time.perf_counter(), st.step - clock[1]
         say(f'epoch {e}/{st.total_epochs}: mean loss {sum(st.losses[-n:]) / max(n, 1):.4f}, {now - clock[0]:.1f} s, '
             f'{n * tc.batch_size / (now - clock[0]):.0f} images/s', flush=True)
         if e % args.sample_every == 0:
             _save_samples(st.ema_flow(), args, tc.seed, results / f'samples_epoch_{e}.png', results / 'individual_samples' / f'epoch_{e}')
         if e % args.checkpoint_every == 0: saved.append(save_checkpoint(st.checkpoint(), results / f'checkpoint_epoch_{e}.pt'))
-        clock[0] = time.perf_counter()  # the next epoch's time excludes sampling and saving
+        clock[:] = [time.perf_counter(), st.step]  # the next epoch's time excludes sampling and saving
 
     def on_steps(st: TrainState):
         _save_samples(st.ema_flow(), args, tc.seed, results / f'samples_step_{st.step}.png')

@@ -85,9 +85,9 @@ class MeanFlow(FlowMatching):
             u, dudt = jvp(lambda z, t, r: self.model(z, t, yin, r), (z, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
         target = (v + _bcast(r - t, v) * dudt).detach()        # u = v - (t - r) du/dt, the MeanFlow identity
         err = (u.float() - target.float()).flatten(1)
-        sq = err.pow(2).mean(1)                                 # per sample, averaged over the pixels
-        if self.weight_power == 0: return sq.mean()
-        w = (sq.detach() + 1e-3).pow(-self.weight_power)        # adaptive weighting (Geng et al. 2025, eq. 12)
+        if self.weight_power == 0: return err.pow(2).mean()    # the plain squared error, averaged as flow matching does
+        sq = err.pow(2).sum(1)                                  # |Delta|^2 per sample, summed over its pixels
+        w = (sq.detach() + 1e-3).pow(-self.weight_power)        # adaptive weighting (Geng et al. 2025): a robust loss
         return (w * sq).mean()
 
     def check_sampling(self, solver: str, guidance_scale: float | None):

@@ -173,8 +173,8 @@ class PathConfig:
 # %% ../nbs/55_config.ipynb #d9fd2199
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     'gpu': (ModelConfig(), TrainConfig()),
-    'cpu': (ModelConfig(base_channels=32), TrainConfig(epochs=6, lr=2e-3)),
-    'quick': (ModelConfig(base_channels=32), TrainConfig(epochs=1, lr=2e-3, minutes=10)),
+    'cpu': (ModelConfig(base_channels=32), TrainConfig(epochs=6, batch_size=32, lr=1e-3)),
+    'quick': (ModelConfig(base_channels=32), TrainConfig(epochs=1, batch_size=32, lr=1e-3, minutes=10)),
 }
 AUTO_MINUTES = 30  # the budget `auto` gives a machine without CUDA
 

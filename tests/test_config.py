@@ -16,9 +16,9 @@ def test_gpu_recipe_is_the_original_design():
     assert (tc.epochs, tc.batch_size, tc.lr, tc.minutes) == (50, 128, 1e-3, None)
 
 
-def test_cpu_recipe_keeps_its_meaning_and_quick_has_a_budget():
+def test_cpu_recipe_is_the_small_batch_one_and_quick_has_a_budget():
     mc, tc = PRESETS['cpu']
-    assert mc.base_channels == 32 and tc.epochs == 6 and tc.minutes is None
+    assert mc.base_channels == 32 and (tc.epochs, tc.batch_size, tc.lr, tc.minutes) == (6, 32, 1e-3, None)
     assert PRESETS['quick'][1].minutes == 10 and PRESETS['quick'][0] == mc
 
 

@@ -39,6 +39,12 @@ class _Parser(argparse.ArgumentParser):
     "An argument parser whose errors are one line (raised, then printed by `run_cli`)."
     def error(self, message): raise UsageError(message)
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    "`--help` shows each flag's default, unless it is None or the flag's help already says what the default is."
+    def _get_help_string(self, action):
+        h = action.help or ''
+        return h if action.default is None or 'default' in h else super()._get_help_string(action)
+
 def run_cli(fn, parser: argparse.ArgumentParser, argv=None) -> int:
     "Parse `argv`, call `fn(args)`, and map expected failures to one line on stderr and an exit code."
     def fail(msg, code):
@@ -130,7 +136,7 @@ _RECIPE_FLAGS = {'base_channels': ModelConfig, 'time_emb_dim': ModelConfig, 'epo
 def train_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='fm-train', description='Train a flow-matching UNet on MNIST and write checkpoints and samples. '
                 'Under torchrun, trains with DistributedDataParallel on all processes.',
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_Help)
     pc, sc, tc = PathConfig(), SampleConfig(), TrainConfig()
     presets = ', '.join(f'{k}: {v[1].minutes:g} min' if v[1].minutes else f'{k}: {v[1].epochs} epochs' for k, v in PRESETS.items())
     p.add_argument('--preset', choices=['auto', *PRESETS], default='auto',
@@ -339,7 +345,7 @@ def _add_source_flags(p: argparse.ArgumentParser, what: str):
 
 def generate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='fm-generate', description='Generate MNIST digits from a trained flow-matching checkpoint.',
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_Help)
     sc, pc = SampleConfig(), PathConfig()
     _add_source_flags(p, 'use')
     p.add_argument('--num_samples', type=positive(), default=sc.num_samples, help='number of images')
@@ -412,7 +418,7 @@ def generate_main(argv=None) -> int:
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='fm-evaluate', description='Score samples of a checkpoint: FID (with its real-data floor), confidence, '
                 'class coverage, memorisation, and for conditional models agreement with the requested digit.',
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_Help)
     _add_source_flags(p, 'score')
     p.add_argument('--num_samples', type=positive(), help='N (default: 10000 on CUDA, else 2000); FID is only comparable at equal N')
     _add_sampling_flags(p)

@@ -2,8 +2,8 @@
 
 The reference is TorchCFM's MNIST example: its `UNetModel` with 32 channels and one residual block, OT-CFM
 (`ExactOptimalTransportConditionalFlowMatcher`, sigma 0), Adam at its default learning rate, batch 128, no EMA. Ours: the
-`cpu` recipe (its UNet and its training settings, the library's defaults) over the same number of training images. Both see
-the same batches in the same order. Both are sampled by the library's solvers from the same noise: Euler and midpoint at
+`cpu` recipe (its UNet and its training settings, batch size included) over the same number of training images, drawn
+in the same order. Both are sampled by the library's solvers from the same noise: Euler and midpoint at
 --nfe network evaluations, and dopri5 (torchdiffeq).
 
     pip install -e ".[bench]"
@@ -97,7 +97,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p, model=False, num_samples=2000)
     p.add_argument('--images', type=int, default=60_000, help='training budget: images seen by each side')
-    p.add_argument('--batch_size', type=int, default=128)
+    p.add_argument('--batch_size', type=int, default=128, help="the reference's batch size (its recipe's)")
+    p.add_argument('--our_batch_size', type=int, help="ours (default: the preset's)")
+    p.add_argument('--dopri5', action=argparse.BooleanOptionalAction, default=True, help='also score both with dopri5')
     p.add_argument('--preset', choices=sorted(PRESETS), default='cpu')
     p.add_argument('--nfe', default='8,20', help='NFE at which Euler and midpoint are compared')
     p.add_argument('--euler_steps', help='(older name) Euler steps only, e.g. 20,100')
@@ -106,18 +108,19 @@ def main(argv=None):
     p.add_argument('--cache', default='benchmarks/.cache/side_by_side', help='where trained models are kept')
     args = p.parse_args(argv)
     device = setup(args)
-    steps = args.images // args.batch_size
+    steps = args.images // args.batch_size  # the reference's
     images = load_mnist_tensors(args.data_dir, train=True)[0].to(device)
     cache = Path(args.cache); cache.mkdir(parents=True, exist_ok=True)
 
     mc, tc = PRESETS[args.preset]
-    tc = replace(tc, batch_size=args.batch_size, seed=args.seed, minutes=None, max_steps=steps)
-    print(f'ours ({args.preset} recipe): {steps} steps', flush=True)
+    tc = replace(tc, batch_size=args.our_batch_size or tc.batch_size, seed=args.seed, minutes=None)
+    tc = replace(tc, max_steps=args.images // tc.batch_size)
+    print(f'ours ({args.preset} recipe): {tc.max_steps} steps of {tc.batch_size}', flush=True)
     ours = train_ours(mc, tc, images, device, cache).model.eval()
     print(f'reference (TorchCFM MNIST example): {steps} steps', flush=True)
     ref = train_reference(images, steps, args.batch_size, args.seed, device, cache)
     # speed, measured apart from the (possibly cached) training runs: each recipe's own loop for --speed_steps steps
-    ours_ips = args.speed_steps * args.batch_size / timed_training(
+    ours_ips = args.speed_steps * tc.batch_size / timed_training(
         new_train_state(mc, replace(tc, max_steps=None), len(images), device), images, 2, args.speed_steps)[0]
     _, ref_ips = reference_recipe(images, args.speed_steps, args.batch_size, args.seed, device, progress=False)
     print(f'training speed: ours {ours_ips:.0f}, reference {ref_ips:.0f} images/s', flush=True)
@@ -132,7 +135,7 @@ def main(argv=None):
     for name, (velocity, model, ips) in sides.items():
         r = {'parameters': count_parameters(model), 'gflops_per_image_forward': flops_per_image(velocity, device) / 1e9,
              'train_images_per_s': ips}
-        for solver, nfe, k in samplers + [('dopri5', None, 1)]:
+        for solver, nfe, k in samplers + ([('dopri5', None, 1)] if args.dopri5 else []):
             s, used = sample(velocity, n, args.seed, solver, steps=k, device=device)
             q = ev.evaluate(s, floor=False)
             r[f'{solver}_{nfe}' if nfe else solver] = {'nfe': used, 'fid': q['fid'], 'confidence': q['confidence'],
@@ -142,13 +145,14 @@ def main(argv=None):
 
     ref_in_our_loop = None
     if args.attribution_steps:
-        st = new_train_state(PRESETS['cpu'][0], replace(tc, max_steps=None), len(images), device, model=ReferenceUNet())
+        st = new_train_state(PRESETS['cpu'][0], replace(tc, max_steps=None, batch_size=args.batch_size), len(images), device,
+                             model=ReferenceUNet())
         wall, _, _ = timed_training(st, images, 2, args.attribution_steps)
         ref_in_our_loop = args.attribution_steps * args.batch_size / wall
         print(f'reference UNet in our training loop: {ref_in_our_loop:.0f} images/s', flush=True)
 
     hw = hardware(device)
-    meta = {'images_seen': steps * args.batch_size, 'batch_size': args.batch_size, 'num_samples': n, 'fid_floor': floor,
+    meta = {'images_seen': steps * args.batch_size, 'batch_size': args.batch_size, 'our_batch_size': tc.batch_size, 'num_samples': n, 'fid_floor': floor,
             'hardware': hw, 'seed': args.seed, 'preset': args.preset, 'train_config': asdict(tc)}
     a, b = results['fm_mnist'], results['torchcfm_reference']
     ratios = {'train_speed': a['train_images_per_s'] / b['train_images_per_s'], 'parameters': a['parameters'] / b['parameters'],
@@ -157,8 +161,9 @@ def main(argv=None):
         meta['reference_unet_in_our_loop_images_per_s'] = ref_in_our_loop
         ratios['architecture'] = a['train_images_per_s'] / ref_in_our_loop
         ratios['engineering'] = ref_in_our_loop / b['train_images_per_s']
-    cols = [f'{s}_{nfe}' for s, nfe, _ in samplers] + ['dopri5']
-    lines = [f"Same training images ({meta['images_seen']:,}, batch {args.batch_size}, the same batches), N = {n}, seed {args.seed}, "
+    cols = [f'{s}_{nfe}' for s, nfe, _ in samplers] + (['dopri5'] if args.dopri5 else [])
+    lines = [f"Same training images ({meta['images_seen']:,}; batch {tc.batch_size} for ours, {args.batch_size} for the reference), "
+             f"N = {n}, seed {args.seed}, "
              f"{hw}; real-data floor at this N: FID {floor:.2f}. Quality cells: FID / confidence (NFE).", '',
              '| recipe | parameters | GFLOPs/image (forward) | train images/s | ' + ' | '.join(cols) + ' |',
              '|' + ' --- |' * (4 + len(cols))]

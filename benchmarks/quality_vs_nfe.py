@@ -2,7 +2,8 @@
 
     python benchmarks/quality_vs_nfe.py --pretrained --data_dir <MNIST root>
     python benchmarks/quality_vs_nfe.py --pretrained conditional --nfe 2,4,8,16,32 --name quality_vs_nfe_conditional
-    python benchmarks/quality_vs_nfe.py --pretrained few_step --nfe 1,2,4 --solvers meanflow,midpoint
+    python benchmarks/quality_vs_nfe.py --pretrained few_step --nfe 1,2,4 --solvers euler,midpoint
+    python benchmarks/quality_vs_nfe.py --checkpoint results/meanflow/checkpoint_final.pt --nfe 1,2,4 --solvers meanflow,midpoint
     python benchmarks/quality_vs_nfe.py --checkpoint results/checkpoint_final.pt --num_samples 10000 --device cuda
 
 NFE counts network forward passes per sample: steps times evaluations per step, times two for a guided step (both branches

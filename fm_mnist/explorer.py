@@ -77,8 +77,9 @@ def explorer(flow: FlowMatching | None = None, device=None):
         f = models[model.value]
         own = list(f.own_solvers)
         solver.options = own + [s for s, n in SOLVERS.items() if n]
-        solver.value = own[0] if own else 'midpoint'
-        steps.value = 1 if own else 4
+        few = bool(own) or model.value == 'few_step'   # a model made to need few steps starts at one
+        solver.value = own[0] if own else 'euler' if few else 'midpoint'
+        steps.value = 1 if few else 4
         digit.disabled = f.num_classes is None
         guidance.disabled = f.num_classes is None or f.default_guidance_scale is not None   # few-step: built in
     def draw(*_):

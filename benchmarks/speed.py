@@ -45,10 +45,12 @@ def timed_training(state, images, warmup: int, steps: int):
     state.refresh_schedule()
     marks = {}
     def mark(st):
+        if marks: return   # `train` calls back at every multiple of `warmup`: the clock starts at the first
         sync(st.flow.device)
-        marks['t0'], marks['r0'] = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    train(state, images, every_steps=(warmup, mark), progress=False)   # called once: at step `warmup`
+        marks['step'], marks['t0'], marks['r0'] = st.step, time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    train(state, images, every_steps=(warmup, mark), progress=False)
     sync(state.flow.device)
+    assert state.step - marks['step'] == steps, (state.step, marks['step'], steps)
     return time.perf_counter() - marks['t0'], marks['r0'], resource.getrusage(resource.RUSAGE_SELF)
 
 

@@ -78,7 +78,7 @@ def main(argv=None):
         wait('the Run menu', lambda: driver.find_element(By.XPATH, "//div[contains(@class,'lm-Menu-itemLabel') and text()='Run All Cells']"),
              timeout=30).click()
         def finished():
-            prompts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '.jp-InputArea-prompt')]
+            prompts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '.jp-CodeCell .jp-InputArea-prompt')]  # markdown has none
             return prompts and not any('*' in t for t in prompts) and all(t.strip() not in ('[ ]:', '') for t in prompts)
         wait('Run All to finish', finished, timeout=900, every=1)
         report.append(('info', f'Run All took {time.time() - t0:.0f} s'))

@@ -48,7 +48,9 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def run_cli(fn, parser: argparse.ArgumentParser, argv=None) -> int:
     "Parse `argv`, call `fn(args)`, and map expected failures to one line on stderr and an exit code."
     def fail(msg, code):
-        print(f'{parser.prog}: error: {msg}', file=sys.stderr)
+        sys.stderr.flush()
+        sys.stderr.write(f'{parser.prog}: error: {msg}\n')   # one write: lines from several processes never interleave
+        sys.stderr.flush()
         return code
     try:
         args = parser.parse_args(argv)

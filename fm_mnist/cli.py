@@ -378,12 +378,16 @@ def load_model_from_args(args, device) -> tuple:
                                     f'(or pass --checkpoint FILE, or --pretrained for a shipped model)')
     return load_flow(path, device), str(path)
 
-def _generate(args):
+def _model_for_sampling(args) -> tuple:
+    "What fm-generate and fm-evaluate start with: (device, the model, a description of it, its sampling keywords)."
     tune_cpu_allocator()
     _check_sampling_flags(args)
     device = _device(args.device)
     flow, source = load_model_from_args(args, device)
-    kw = _sampling_for(flow, args)
+    return device, flow, source, _sampling_for(flow, args)
+
+def _generate(args):
+    device, flow, source, kw = _model_for_sampling(args)
     n = args.num_samples
     if flow.num_classes is None and args.digit is not None:
         raise UsageError('--digit needs a class-conditional model (train one with --conditional, or use --pretrained conditional)')
@@ -447,11 +451,7 @@ def format_results(res: dict) -> str:
 def _evaluate(args):
     import json
     from fm_mnist.evaluation import Evaluator
-    tune_cpu_allocator()
-    _check_sampling_flags(args)
-    device = _device(args.device)
-    flow, source = load_model_from_args(args, device)
-    kw = _sampling_for(flow, args)
+    device, flow, source, kw = _model_for_sampling(args)
     n = args.num_samples or (10_000 if device.type == 'cuda' else 2_000)
     out = Path(args.json) if args.json else Path(args.results_dir) / 'evaluation.json'
     _writable_dir(out.parent, '--json')

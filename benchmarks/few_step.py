@@ -2,6 +2,7 @@
 
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --save_reflow fm_mnist/assets/fm_mnist_cpu_reflow.pt
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
+    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
 Both methods start from the teacher's weights and get the same wall-clock budget on this machine:
 
@@ -11,7 +12,7 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   counts in the budget), then flow matching on those fixed pairs, from the teacher's weights; sampled with Euler.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
-teacher at 8 NFE (4 midpoint steps) and 100 (Euler). NFE counts network forward passes (a guided step is two; a few-step
+teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a guided step is two; a few-step
 model has its guidance built in). Writes NAME.json and NAME.md into --out; --save_meanflow and --save_reflow export either
 model for sampling (the shipped few-step model came from --save_reflow).
 """
@@ -39,6 +40,11 @@ def score(flow, ev, n, seed, **kw):
     out = {k: r[k] for k in ('fid', 'confidence', 'class_tv_from_uniform')} | {'nfe': nfe, 'seconds': time.perf_counter() - t0}
     if labels is not None: out['label_agreement'] = r['label_agreement']
     return out
+
+
+# The teacher is scored at its usual budgets and at the few-step models' ones.
+TEACHER_SAMPLERS = {'midpoint, 4 steps': dict(num_steps=4, solver='midpoint'), 'euler, 100 steps': dict(num_steps=100, solver='euler'),
+                    **{f'euler, {k} step' + 's' * (k > 1): dict(num_steps=k, solver='euler') for k in (1, 2, 4)}}
 
 
 def teacher_model(ckpt, source, interval: bool):
@@ -115,6 +121,8 @@ def main(argv=None):
     p.add_argument('--save_meanflow', help='export the MeanFlow model for sampling to this path')
     p.add_argument('--save_reflow', help='export the reflowed model for sampling to this path')
     p.add_argument('--name', default='few_step')
+    p.add_argument('--keep', action='store_true', help='keep what an existing NAME.json from the same teacher, N and seed '
+                   'holds: the rows of the methods this run does not train, and the teacher scores it has')
     p.add_argument('--progress', action='store_true')
     args = p.parse_args(argv)
     device = setup(args)
@@ -129,10 +137,14 @@ def main(argv=None):
     def add(model, sampler, r):
         rows.append({'model': model, 'sampler': sampler, **r})
         print(f"{model} {sampler}: NFE {r['nfe']}, FID {r['fid']:.1f}, confidence {r['confidence']:.3f}", flush=True)
-    add('teacher', 'midpoint, 4 steps', score(teacher, ev, n, args.seed, num_steps=4, solver='midpoint'))
-    add('teacher', 'euler, 100 steps', score(teacher, ev, n, args.seed, num_steps=100, solver='euler'))
-    for k in (1, 2):
-        add('teacher', f'euler, {k} steps', score(teacher, ev, n, args.seed, num_steps=k, solver='euler'))
+    previous = Path(args.out) / f'{args.name}.json'
+    old = json.loads(previous.read_text()) if args.keep and previous.is_file() else None
+    if old and (old['meta']['num_samples'], old['meta']['seed']) != (n, args.seed):
+        print(f'--keep: {previous} was scored at another N or seed; nothing of it is kept', flush=True); old = None
+    scored = {r['sampler']: r for r in old['rows'] if r['model'] == 'teacher'} if old else {}
+    for sampler, kw in TEACHER_SAMPLERS.items():
+        if sampler in scored: rows.append(scored[sampler])
+        else: add('teacher', sampler, score(teacher, ev, n, args.seed, **kw))
     if 'meanflow' in args.methods:
         mf, facts = run_meanflow(ckpt, source, images, labels, args.minutes, args, device, work)
         costs['meanflow'] = f"{facts['minutes']:.1f} min, {facts['steps']} steps at {facts['images_per_s']:.0f} images/s"
@@ -148,7 +160,13 @@ def main(argv=None):
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
             print(f'exported: {args.save_reflow}', flush=True)
-    data = {'meta': {'teacher': f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
+    if old is not None:   # what this run did not train stays
+        kept = [m for m in ('meanflow', 'reflow') if m not in args.methods]
+        order = ['teacher', 'meanflow', 'reflow']
+        rows = sorted(rows + [r for r in old['rows'] if r['model'] in kept], key=lambda r: order.index(r['model']))
+        costs = {k: costs.get(k) or old['costs'][k] for k in order if k in costs or k in kept}
+    teacher_name = old['meta']['teacher'] if old else f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source
+    data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))

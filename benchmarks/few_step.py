@@ -9,7 +9,8 @@ Both methods start from the teacher's weights and get the same wall-clock budget
 - **MeanFlow**: the teacher's UNet with an interval input (starting at zero), fine-tuned with the MeanFlow loss
   (`--objective meanflow`); sampled with its own jump, one network evaluation per step.
 - **Reflow**: pairs (noise, the teacher's sample from that noise with 4 midpoint steps, 8 NFE; the time spent making them
-  counts in the budget), then flow matching on those fixed pairs, from the teacher's weights; sampled with Euler.
+  counts in the budget), then flow matching on those fixed pairs with uniform times (--reflow_times), from the teacher's
+  weights; sampled with Euler.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
 teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a guided step is two; a few-step
@@ -24,7 +25,7 @@ import torch
 
 from common import add_common_flags, hardware, setup, write
 from fm_mnist.checkpoint import PRETRAINED, build_model, checkpoint_path, export_for_sampling, read_checkpoint, save_checkpoint, load_flow
-from fm_mnist.config import TrainConfig
+from fm_mnist.config import TIME_SAMPLINGS, TrainConfig
 from fm_mnist.data import load_mnist_tensors
 from fm_mnist.evaluation import Evaluator
 from fm_mnist.meanflow import reflow_pairs
@@ -80,7 +81,7 @@ def run_reflow(teacher, ckpt, source, images, labels, minutes, args, device, out
     pair_minutes = (time.perf_counter() - start) / 60
     print(f'reflow: {n} pairs in {pair_minutes:.1f} min', flush=True)
     mc, model = teacher_model(ckpt, source, interval=False)
-    tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', lr=args.lr, minutes=minutes,
+    tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times, lr=args.lr, minutes=minutes,
                  max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
     sps = measure_step_time(state, x1, y)
@@ -117,6 +118,8 @@ def main(argv=None):
     p.add_argument('--batch_size', type=int, default=128)
     p.add_argument('--interval_share', type=float, default=0.25, help='MeanFlow: share of training pairs with r > t')
     p.add_argument('--reflow_pairs', type=int, default=20_000)
+    p.add_argument('--reflow_times', default='uniform', choices=TIME_SAMPLINGS, help='reflow\'s training times: uniform, since a '
+                   'one-step jump starts at t = 0, which logit-normal times (a teacher\'s own default) rarely sample')
     p.add_argument('--work', default='benchmarks/.cache/few_step', help='where the trained models are kept')
     p.add_argument('--save_meanflow', help='export the MeanFlow model for sampling to this path')
     p.add_argument('--save_reflow', help='export the reflowed model for sampling to this path')
@@ -164,10 +167,11 @@ def main(argv=None):
         kept = [m for m in ('meanflow', 'reflow') if m not in args.methods]
         order = ['teacher', 'meanflow', 'reflow']
         rows = sorted(rows + [r for r in old['rows'] if r['model'] in kept], key=lambda r: order.index(r['model']))
-        costs = {k: costs.get(k) or old['costs'][k] for k in order if k in costs or k in kept}
+        costs = {k: costs[k] if k in costs else old['costs'][k] for k in order if k in costs or (k in kept and k in old['costs'])}
     teacher_name = old['meta']['teacher'] if old else f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
-                     'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share},
+                     'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
+                     'reflow_times': args.reflow_times},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))
     print(markdown(data))

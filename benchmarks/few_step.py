@@ -1,6 +1,7 @@
 """Few-step models against their teacher: MeanFlow fine-tuning and reflow, at equal CPU time.
 
-    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --save_reflow fm_mnist/assets/fm_mnist_cpu_reflow.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow --name few_step_current_teacher \\
+        --save_reflow fm_mnist/assets/fm_mnist_cpu_reflow.pt          # the shipped few-step model
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
@@ -13,9 +14,9 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   weights; sampled with Euler.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
-teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a guided step is two; a few-step
-model has its guidance built in). Writes NAME.json and NAME.md into --out; --save_meanflow and --save_reflow export either
-model for sampling (the shipped few-step model came from --save_reflow).
+teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a
+guided step is two; a few-step model has its guidance built in). Writes NAME.json and NAME.md into --out; --save_meanflow
+and --save_reflow export either model for sampling (the shipped few-step model came from --save_reflow).
 """
 import argparse, json, sys, time
 from dataclasses import replace

@@ -1,7 +1,11 @@
 """Few-step models against their teacher: MeanFlow fine-tuning and reflow, at equal CPU time.
 
+    # the shipped few-step model, in two stages: 20 minutes of reflow, then 30 more with times on the Euler grid
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow --name few_step_current_teacher \\
-        --save_reflow fm_mnist/assets/fm_mnist_cpu_reflow.pt          # the shipped few-step model
+        --save_reflow stage1.pt
+    cp benchmarks/results/few_step_current_teacher.json benchmarks/results/few_step_reflow_grid.json   # (keeps the teacher's rows)
+    python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow --reflow_from stage1.pt \\
+        --pair_seed 2 --grid_share 0.75 --name few_step_reflow_grid --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_reflow.pt
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
@@ -11,7 +15,9 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   (`--objective meanflow`); sampled with its own jump, one network evaluation per step.
 - **Reflow**: pairs (noise, the teacher's sample from that noise with 4 midpoint steps, 8 NFE; the time spent making them
   counts in the budget), then flow matching on those fixed pairs with uniform times (--reflow_times), from the teacher's
-  weights; sampled with Euler.
+  weights (or, with --reflow_from, from an earlier reflow: a further stage on new pairs); sampled with Euler. With
+  --grid_share, that share of the training times is drawn from the times that 1, 2 and 4 Euler steps evaluate
+  (0, 1/4, 1/2, 3/4): train where the sampler asks.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
 teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a
@@ -74,17 +80,32 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
                               'checkpoint': str(path)}
 
 
+def grid_times(share: float, device):
+    "Training times with `share` of them on the points that 1, 2 and 4 Euler steps evaluate (0 twice as often), the rest uniform."
+    grid = torch.tensor([0.0, 0.0, 0.5, 0.25, 0.75], device=device)
+    def sample_time(n):
+        t = torch.rand(n, device=device)
+        on = torch.rand(n, device=device) < share
+        return torch.where(on, grid[torch.randint(len(grid), (n,), device=device)], t)
+    return sample_time
+
+
 def run_reflow(teacher, ckpt, source, images, labels, minutes, args, device, out_dir):
     start = time.perf_counter()
     n = args.reflow_pairs
     y = None if teacher.num_classes is None else torch.tensor(cycle_labels(n, teacher.num_classes))
-    x0, x1 = reflow_pairs(teacher, n, num_steps=4, solver='midpoint', seed=args.seed + 1, labels=y, progress=args.progress)
+    seed = args.seed + 1 if args.pair_seed is None else args.pair_seed
+    x0, x1 = reflow_pairs(teacher, n, num_steps=4, solver='midpoint', seed=seed, labels=y, progress=args.progress)
     pair_minutes = (time.perf_counter() - start) / 60
     print(f'reflow: {n} pairs in {pair_minutes:.1f} min', flush=True)
-    mc, model = teacher_model(ckpt, source, interval=False)
+    if args.reflow_from:   # a further stage of an earlier reflow: its weights, new pairs
+        start_ckpt = read_checkpoint(args.reflow_from)
+        mc, model = start_ckpt['_model_config'], build_model(start_ckpt, args.reflow_from)
+    else: mc, model = teacher_model(ckpt, source, interval=False)
     tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times, lr=args.lr, minutes=minutes,
                  max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
+    if args.grid_share: state.flow.sample_time = grid_times(args.grid_share, state.flow.device)
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
@@ -97,7 +118,9 @@ def run_reflow(teacher, ckpt, source, images, labels, minutes, args, device, out
 def markdown(data) -> str:
     m = data['meta']
     agree = 'label_agreement' in next(iter(data['rows']))
-    lines = [f"Few-step models from {m['teacher']}, {m['minutes']:g} minutes of CPU time each ({m['hardware']}); evaluator N = "
+    budget = (f"the reflow a further {m['minutes']:g} minutes of CPU time from {m['reflow_from']}" if m.get('reflow_from')
+              else f"{m['minutes']:g} minutes of CPU time each")
+    lines = [f"Few-step models from {m['teacher']}, {budget} ({m['hardware']}); evaluator N = "
              f"{m['num_samples']}, seed {m['seed']}, real-data floor FID {m['fid_floor']:.2f}. NFE: network forward passes per "
              f"sample.", '',
              '| model | sampler | NFE | FID | confidence | class TV' + (' | agreement with the requested digit' if agree else '') + ' |',
@@ -121,6 +144,11 @@ def main(argv=None):
     p.add_argument('--reflow_pairs', type=int, default=20_000)
     p.add_argument('--reflow_times', default='uniform', choices=TIME_SAMPLINGS, help='reflow\'s training times: uniform, since a '
                    'one-step jump starts at t = 0, which logit-normal times (a teacher\'s own default) rarely sample')
+    p.add_argument('--grid_share', type=float, default=0.0, help='reflow: share of training times drawn from the points that 1, 2 '
+                   'and 4 Euler steps evaluate (0, 1/4, 1/2, 3/4; 0 twice as often); the rest follow --reflow_times')
+    p.add_argument('--reflow_from', help='reflow: start from this model (an earlier reflow) instead of the teacher; the cost '
+                   'line then counts this stage only')
+    p.add_argument('--pair_seed', type=int, help='reflow: seed of the pairs\' noise (default: --seed + 1)')
     p.add_argument('--work', default='benchmarks/.cache/few_step', help='where the trained models are kept')
     p.add_argument('--save_meanflow', help='export the MeanFlow model for sampling to this path')
     p.add_argument('--save_reflow', help='export the reflowed model for sampling to this path')
@@ -159,7 +187,8 @@ def main(argv=None):
     if 'reflow' in args.methods:
         rf, facts = run_reflow(teacher, ckpt, source, images, labels, args.minutes, args, device, work)
         costs['reflow'] = (f"{facts['minutes']:.1f} min: {facts['pairs']} teacher pairs in {facts['pair_minutes']:.1f} min, "
-                           f"then {facts['steps']} steps")
+                           f"then {facts['steps']} steps" + (f" from {args.reflow_from}" if args.reflow_from else '')
+                           + (f", {args.grid_share:g} of the times on the Euler grid" if args.grid_share else ''))
         for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
@@ -172,7 +201,7 @@ def main(argv=None):
     teacher_name = old['meta']['teacher'] if old else f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
-                     'reflow_times': args.reflow_times},
+                     'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'reflow_from': args.reflow_from},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))
     print(markdown(data))

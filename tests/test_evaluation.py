@@ -108,6 +108,31 @@ def test_recipe_benchmark_smoke(tmp_path, mnist_root):
     assert res['variants']['conditional_ot']['midpoint_8']['nfe'] == 16     # guided: 8 calls, 2 forward passes each
 
 
+def test_grid_times_are_the_euler_steps_points():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from few_step import grid_times
+    t = grid_times(1.0, 'cpu')(4000)
+    assert set(t.tolist()) == {0.0, 0.25, 0.5, 0.75} and (t == 0).float().mean() == pytest.approx(0.4, abs=0.03)
+    t = grid_times(0.5, 'cpu')(4000)
+    assert ((t * 4) == (t * 4).round()).float().mean() == pytest.approx(0.5, abs=0.03) and t.min() >= 0 and t.max() <= 1
+
+
+@pytest.mark.slow
+def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
+    teacher = str(trained / 'checkpoint_final.pt')
+    common = ['--teacher', teacher, '--methods', 'reflow', '--minutes', '0.02', '--reflow_pairs', '64', '--batch_size', '16',
+              '--num_samples', '40', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path), '--work', str(tmp_path / 'work')]
+    bench('benchmarks/few_step.py', *common, '--save_reflow', str(tmp_path / 'stage1.pt'))
+    first = json.loads((tmp_path / 'few_step.json').read_text())
+    assert [r['nfe'] for r in first['rows'] if r['model'] == 'reflow'] == [1, 2, 4]
+    # a second stage from the first, with times on the Euler grid, keeps the teacher's rows instead of scoring them again
+    bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--grid_share', '0.75', '--pair_seed', '2', '--keep')
+    second = json.loads((tmp_path / 'few_step.json').read_text())
+    assert [r for r in second['rows'] if r['model'] == 'teacher'] == [r for r in first['rows'] if r['model'] == 'teacher']
+    assert second['meta']['grid_share'] == 0.75 and 'on the Euler grid' in second['costs']['reflow']
+    assert 'a further 0.02 minutes' in (tmp_path / 'few_step.md').read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not pretrained_path('conditional').is_file(), reason='the shipped conditional model is not in this tree')
 def test_guidance_benchmark_smoke(tmp_path, mnist_root):

@@ -60,6 +60,10 @@ VARIANTS = {
     'width48': ({'base_channels': 48}, {}, 'base width 48'),
     'width24': ({'base_channels': 24}, {}, 'base width 24'),
     'no_attention': ({'attention': False}, {}, 'no attention at 7x7'),
+    # architecture on the cpu recipe (batch 32, lr 1e-3), the sweep's winner
+    'cpu_width48': ({'base_channels': 48}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe at base width 48'),
+    'cpu_two_blocks': ({'num_res_blocks': 2}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe with two residual blocks per level'),
+    'cpu_no_attention': ({'attention': False}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe without attention at 7x7'),
     'conditional': ({'num_classes': 10}, {}, 'class-conditional, independent pairs'),
     'conditional_ot': ({'num_classes': 10}, {'coupling': 'ot'}, 'class-conditional, OT pairs within each class'),
 }

@@ -90,7 +90,7 @@ def grid_times(share: float, device):
     return sample_time
 
 
-def run_reflow(teacher, ckpt, source, images, labels, minutes, args, device, out_dir):
+def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args, device, out_dir):
     start = time.perf_counter()
     n = args.reflow_pairs
     y = None if teacher.num_classes is None else torch.tensor(cycle_labels(n, teacher.num_classes))
@@ -98,8 +98,7 @@ def run_reflow(teacher, ckpt, source, images, labels, minutes, args, device, out
     x0, x1 = reflow_pairs(teacher, n, num_steps=4, solver='midpoint', seed=seed, labels=y, progress=args.progress)
     pair_minutes = (time.perf_counter() - start) / 60
     print(f'reflow: {n} pairs in {pair_minutes:.1f} min', flush=True)
-    if args.reflow_from:   # a further stage of an earlier reflow: its weights, new pairs
-        start_ckpt = read_checkpoint(args.reflow_from)
+    if start_ckpt is not None:   # a further stage of an earlier reflow: its weights, new pairs
         mc, model = start_ckpt['_model_config'], build_model(start_ckpt, args.reflow_from)
     else: mc, model = teacher_model(ckpt, source, interval=False)
     tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times, lr=args.lr, minutes=minutes,
@@ -157,10 +156,12 @@ def main(argv=None):
                    'holds: the rows of the methods this run does not train, and the teacher scores it has')
     p.add_argument('--progress', action='store_true')
     args = p.parse_args(argv)
+    if not 0 <= args.grid_share <= 1: p.error(f'--grid_share must be in [0, 1], got {args.grid_share}')
     device = setup(args)
     work = Path(args.work); work.mkdir(parents=True, exist_ok=True)
     source = str(checkpoint_path(args.teacher))
     ckpt = read_checkpoint(source)
+    start_ckpt = read_checkpoint(args.reflow_from) if args.reflow_from else None   # read now: a bad path fails before any work
     teacher = load_flow(source, device)
     images, labels = load_mnist_tensors(args.data_dir, train=True)
     ev = Evaluator(args.data_dir, device=device)
@@ -185,7 +186,7 @@ def main(argv=None):
             export_for_sampling(facts['checkpoint'], args.save_meanflow)
             print(f'exported: {args.save_meanflow}', flush=True)
     if 'reflow' in args.methods:
-        rf, facts = run_reflow(teacher, ckpt, source, images, labels, args.minutes, args, device, work)
+        rf, facts = run_reflow(teacher, ckpt, source, start_ckpt, images, labels, args.minutes, args, device, work)
         costs['reflow'] = (f"{facts['minutes']:.1f} min: {facts['pairs']} teacher pairs in {facts['pair_minutes']:.1f} min, "
                            f"then {facts['steps']} steps" + (f" from {args.reflow_from}" if args.reflow_from else '')
                            + (f", {args.grid_share:g} of the times on the Euler grid" if args.grid_share else ''))

@@ -108,8 +108,8 @@ def test_recipe_benchmark_smoke(tmp_path, mnist_root):
     assert res['variants']['conditional_ot']['midpoint_8']['nfe'] == 16     # guided: 8 calls, 2 forward passes each
 
 
-def test_grid_times_are_the_euler_steps_points():
-    sys.path.insert(0, str(ROOT / 'benchmarks'))
+def test_grid_times_are_the_euler_steps_points(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
     from few_step import grid_times
     t = grid_times(1.0, 'cpu')(4000)
     assert set(t.tolist()) == {0.0, 0.25, 0.5, 0.75} and (t == 0).float().mean() == pytest.approx(0.4, abs=0.03)
@@ -131,6 +131,8 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert [r for r in second['rows'] if r['model'] == 'teacher'] == [r for r in first['rows'] if r['model'] == 'teacher']
     assert second['meta']['grid_share'] == 0.75 and 'on the Euler grid' in second['costs']['reflow']
     assert 'a further 0.02 minutes' in (tmp_path / 'few_step.md').read_text()
+    p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--grid_share', '1.5'], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and '--grid_share must be in [0, 1]' in p.stderr
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   counts in the budget), then flow matching on those fixed pairs with uniform times (--reflow_times), from the teacher's
   weights (or, with --reflow_from, from an earlier reflow: a further stage on new pairs); sampled with Euler. With
   --grid_share, that share of the training times is drawn from the times that 1, 2 and 4 Euler steps evaluate
-  (0, 1/4, 1/2, 3/4): train where the sampler asks.
+  (0, 1/4, 1/2, 3/4: the library's `EULER_GRID`, `TrainConfig.grid_share`): train where the sampler asks.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
 teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a
@@ -80,16 +80,6 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
                               'checkpoint': str(path)}
 
 
-def grid_times(share: float, device):
-    "Training times with `share` of them on the points that 1, 2 and 4 Euler steps evaluate (0 twice as often), the rest uniform."
-    grid = torch.tensor([0.0, 0.0, 0.5, 0.25, 0.75], device=device)
-    def sample_time(n):
-        t = torch.rand(n, device=device)
-        on = torch.rand(n, device=device) < share
-        return torch.where(on, grid[torch.randint(len(grid), (n,), device=device)], t)
-    return sample_time
-
-
 def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args, device, out_dir):
     start = time.perf_counter()
     n = args.reflow_pairs
@@ -101,10 +91,10 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
     if start_ckpt is not None:   # a further stage of an earlier reflow: its weights, new pairs
         mc, model = start_ckpt['_model_config'], build_model(start_ckpt, args.reflow_from)
     else: mc, model = teacher_model(ckpt, source, interval=False)
-    tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times, lr=args.lr, minutes=minutes,
-                 max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
+    tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times,
+                 grid_share=args.grid_share, lr=args.lr, minutes=minutes, max_steps=None, epochs=1, warmup_fraction=0.02,
+                 batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
-    if args.grid_share: state.flow.sample_time = grid_times(args.grid_share, state.flow.device)
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)

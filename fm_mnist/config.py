@@ -99,6 +99,7 @@ class TrainConfig:
     log_every: int = 25                     # steps between progress-bar refreshes (the only host-device syncs)
     time_sampling: str = 'logit_normal'     # how training times are drawn: one of TIME_SAMPLINGS
     coupling: str = 'independent'           # how noise is paired with images: one of COUPLINGS
+    grid_share: float = 0.0                 # share of training times on EULER_GRID (reflow in the few-step notebook)
     label_dropout: float = 0.1              # conditional models: probability of training a label as "no label"
     objective: str = 'flow_matching'        # one of OBJECTIVES
     meanflow_interval_share: float = 0.25   # meanflow: share of training pairs with r > t (the few-step notebook)
@@ -126,6 +127,7 @@ class TrainConfig:
         _int_in(self, 'log_every', 1, 10**6)
         _one_of(self, 'time_sampling', TIME_SAMPLINGS)
         _one_of(self, 'coupling', COUPLINGS)
+        _float_in(self, 'grid_share', 0.0, 1.0)
         _float_in(self, 'label_dropout', 0.0, 1.0)
         _one_of(self, 'objective', OBJECTIVES)
         _float_in(self, 'meanflow_interval_share', 0.0, 1.0)
@@ -135,7 +137,7 @@ class TrainConfig:
 
     def build_flow(self, model, device=None) -> FlowMatching:
         "The flow that trains `model` with these settings: `FlowMatching`, or a few-step `MeanFlow` for `objective='meanflow'`."
-        kw = dict(time_sampling=self.time_sampling, coupling=self.coupling, label_dropout=self.label_dropout)
+        kw = dict(time_sampling=self.time_sampling, coupling=self.coupling, label_dropout=self.label_dropout, grid_share=self.grid_share)
         if self.objective == 'meanflow':
             from fm_mnist.meanflow import MeanFlow   # the few-step notebook
             return MeanFlow(model, device, interval_share=self.meanflow_interval_share, guidance_scale=self.meanflow_guidance,

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from .utils import get_device
 
 # %% auto #0
-__all__ = ['TIME_SAMPLINGS', 'COUPLINGS', 'LABEL_DROPOUT', 'ot_pairing', 'FlowMatching']
+__all__ = ['TIME_SAMPLINGS', 'COUPLINGS', 'LABEL_DROPOUT', 'EULER_GRID', 'ot_pairing', 'FlowMatching']
 
 # %% ../nbs/50_flow_matching.ipynb #1c53656d
 TIME_SAMPLINGS = ('logit_normal', 'uniform')  # how training times are drawn; the first is the default
 COUPLINGS = ('independent', 'ot')             # how noise is paired with images; the first is the default
 LABEL_DROPOUT = 0.1                           # conditional models: how often a label is hidden in training
+EULER_GRID = (0.0, 0.0, 0.5, 0.25, 0.75)      # the times 1, 2 and 4 Euler steps evaluate (0 twice): see `grid_share`
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Reorder the noise `x0` `(B, ...)` so that the total squared distance to the images `x1` is smallest (mini-batch
@@ -37,12 +38,14 @@ class FlowMatching:
                  device: str | torch.device | None = None,  # None: CUDA, then Apple MPS, then CPU
                  time_sampling: str = TIME_SAMPLINGS[0],  # training times: 'logit_normal' or 'uniform'
                  label_dropout: float = LABEL_DROPOUT,    # conditional models: probability of hiding a label in training
-                 coupling: str = COUPLINGS[0]):           # 'independent' noise, or 'ot' (mini-batch optimal transport)
+                 coupling: str = COUPLINGS[0],            # 'independent' noise, or 'ot' (mini-batch optimal transport)
+                 grid_share: float = 0.0):                # share of training times drawn from EULER_GRID (the few-step notebook)
         if time_sampling not in TIME_SAMPLINGS: raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
         if coupling not in COUPLINGS: raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         if not 0 <= label_dropout <= 1: raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
+        if not 0 <= grid_share <= 1: raise ValueError(f"grid_share must be in [0, 1], got {grid_share}")
         self.model = model.to(get_device(device))
-        self.time_sampling, self.label_dropout, self.coupling = time_sampling, label_dropout, coupling
+        self.time_sampling, self.label_dropout, self.coupling, self.grid_share = time_sampling, label_dropout, coupling, grid_share
         self.num_classes = getattr(model, 'num_classes', None)          # None: unconditional model
         self.image_shape = tuple(getattr(model, 'image_shape', (1, 28, 28)))  # the shape of one sample
         self.last_nfe: int | None = None  # network forward passes per sample spent by the last `sample` call
@@ -57,9 +60,14 @@ class FlowMatching:
         return next(self.model.parameters()).device
 
     def sample_time(self, n: int) -> torch.Tensor:
-        "Training times `(n,)` in [0, 1]: uniform, or logit-normal (sigmoid of a standard normal; Esser et al. 2024)."
-        if self.time_sampling == 'logit_normal': return torch.sigmoid(torch.randn(n, device=self.device))
-        return torch.rand(n, device=self.device)
+        """Training times `(n,)` in [0, 1]: uniform, or logit-normal (sigmoid of a standard normal; Esser et al. 2024); with
+        `grid_share`, that share of them is drawn from `EULER_GRID` instead, the times a few-step sampler evaluates."""
+        dev = self.device
+        t = torch.sigmoid(torch.randn(n, device=dev)) if self.time_sampling == 'logit_normal' else torch.rand(n, device=dev)
+        if not self.grid_share: return t
+        on = torch.rand(n, device=dev) < self.grid_share
+        grid = torch.tensor(EULER_GRID, device=dev)
+        return torch.where(on, grid[torch.randint(len(grid), (n,), device=dev)], t)
 
     def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
         "Replace each label of `y` `(B,)` by the no-label token `num_classes` with probability `label_dropout` (classifier-free training)."

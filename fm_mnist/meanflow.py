@@ -47,10 +47,12 @@ class MeanFlow(FlowMatching):
                  guidance_scale: float | None = None,     # conditional models: the guidance w folded into training
                  weight_power: float = 1.0,               # adaptive loss weight 1 / (|error|^2 + c)^p; 0: plain squared error
                  time_sampling: str = TIME_SAMPLINGS[0],
-                 coupling: str = 'independent'):
+                 coupling: str = 'independent',
+                 grid_share: float = 0.0):
         if not getattr(model, 'takes_interval', False):
             raise ValueError("a MeanFlow model needs a network that takes a second time r (a UNet built with interval=True)")
-        super().__init__(model, device, time_sampling=time_sampling, label_dropout=label_dropout, coupling=coupling)
+        super().__init__(model, device, time_sampling=time_sampling, label_dropout=label_dropout, coupling=coupling,
+                         grid_share=grid_share)
         self.interval_share, self.weight_power = interval_share, weight_power
         if self.num_classes is not None and guidance_scale is None:
             from fm_mnist.config import SampleConfig

@@ -108,15 +108,6 @@ def test_recipe_benchmark_smoke(tmp_path, mnist_root):
     assert res['variants']['conditional_ot']['midpoint_8']['nfe'] == 16     # guided: 8 calls, 2 forward passes each
 
 
-def test_grid_times_are_the_euler_steps_points(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
-    from few_step import grid_times
-    t = grid_times(1.0, 'cpu')(4000)
-    assert set(t.tolist()) == {0.0, 0.25, 0.5, 0.75} and (t == 0).float().mean() == pytest.approx(0.4, abs=0.03)
-    t = grid_times(0.5, 'cpu')(4000)
-    assert ((t * 4) == (t * 4).round()).float().mean() == pytest.approx(0.5, abs=0.03) and t.min() >= 0 and t.max() <= 1
-
-
 @pytest.mark.slow
 def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     teacher = str(trained / 'checkpoint_final.pt')

@@ -1,9 +1,10 @@
-"The flow-matching path, target and loss against values recomputed by hand; the time convention; optimal-transport pairs."
+"The flow-matching path, target and loss against values recomputed by hand; the time convention; training times; optimal-transport pairs."
 import pytest
 import torch
 
 from fm_mnist import FlowMatching, UNet
-from fm_mnist.flow_matching import ot_pairing
+from fm_mnist.config import TrainConfig
+from fm_mnist.flow_matching import EULER_GRID, ot_pairing
 
 
 def _flow(**kw):
@@ -82,3 +83,16 @@ def test_sample_is_a_method_of_the_class_itself():
     "Defined in the class body (not attached later by another module), so it exists whatever was imported."
     for name in ('sample', 'sample_batches', 'integrate', 'loss'): assert name in vars(FlowMatching), name
     assert _flow().sample(2, 2, seed=0).shape == (2, 1, 28, 28)
+
+
+def test_grid_share_draws_that_share_of_times_on_the_euler_grid():
+    fm = lambda share: FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu', time_sampling='uniform', grid_share=share)
+    t = fm(1.0).sample_time(4000)
+    assert set(t.tolist()) == set(EULER_GRID) and (t == 0).float().mean() == pytest.approx(0.4, abs=0.03)
+    t = fm(0.5).sample_time(4000)
+    assert ((t * 4) == (t * 4).round()).float().mean() == pytest.approx(0.5, abs=0.03) and t.min() >= 0 and t.max() <= 1
+    plain = fm(0.0)
+    torch.manual_seed(0); a = plain.sample_time(100)
+    torch.manual_seed(0); assert torch.equal(a, torch.rand(100))     # no share: the same draws as before the option
+    with pytest.raises(ValueError, match='grid_share'): fm(1.5)
+    assert TrainConfig(grid_share=0.75).build_flow(UNet(base_channels=8, time_emb_dim=16), 'cpu').grid_share == 0.75

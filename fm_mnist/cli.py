@@ -212,15 +212,18 @@ def _save_samples(flow, args, seed: int, grid: Path, individual: Path | None = N
     if npy is not None: save_samples_as_numpy(samples, npy)
 
 def _seconds_per_grid(flow, args, device) -> float:
-    "Seconds one sample grid takes: one timed network call on the grid's batch, times the grid's NFE."
+    """Seconds one sample grid takes: one Euler step on the grid's batch (guided like the grid's, so counting its forward
+    passes), timed after an untimed one that pays the first call's costs, times the grid's steps."""
     def measure():
         kw = _sampling_for(flow, args)
         per_step = _all_solvers().get(kw['solver']) or 6                      # dopri5: about 6 per step
-        guided = 2 if flow.num_classes is not None else 1
+        step = lambda: flow.sample(num_samples=args.num_samples, num_steps=1, seed=0, solver='euler',
+                                   batch_size=min(args.num_samples, 256), labels=cycle_labels(args.num_samples, flow.num_classes),
+                                   guidance_scale=kw['guidance_scale'])
+        step()
         t0 = time.perf_counter()
-        flow.sample(num_samples=args.num_samples, num_steps=1, seed=0, solver='euler', batch_size=min(args.num_samples, 256),
-                    labels=cycle_labels(args.num_samples, flow.num_classes), guidance_scale=kw['guidance_scale'])
-        return (time.perf_counter() - t0) * per_step * kw['num_steps'] * guided
+        step()
+        return (time.perf_counter() - t0) * per_step * kw['num_steps']
     return broadcast_from_rank0(agree_on_failure(measure, device), device)
 
 def _duration(seconds: float) -> str:

@@ -153,6 +153,27 @@ def test_same_seed_same_weights(mnist_root, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize('classes, solver, steps', [(None, 'euler', 100), (10, 'euler', 100), (10, 'midpoint', 4)])
+def test_grid_time_estimate_counts_each_forward_pass_once(monkeypatch, classes, solver, steps):
+    "A time-budgeted run reserves time for its sample grids: the estimate must match what a grid costs, guided or not."
+    import argparse
+    import fm_mnist.cli as cli
+    from fm_mnist import FlowMatching, UNet
+    from fm_mnist.sampler import cycle_labels
+    flow = FlowMatching(UNet(base_channels=8, time_emb_dim=16, num_classes=classes), device='cpu')
+    clock, forward = [0.0], flow.model.forward
+    def counted(x, *a, **k):                     # a clock that advances one "second" per image through the network
+        clock[0] += x.shape[0]
+        return forward(x, *a, **k)
+    monkeypatch.setattr(flow.model, 'forward', counted)
+    monkeypatch.setattr(cli.time, 'perf_counter', lambda: clock[0])
+    args = argparse.Namespace(num_samples=16, num_steps=steps, solver=solver, guidance_scale=None, rtol=1e-4, atol=1e-4)
+    estimate = cli._seconds_per_grid(flow, args, torch.device('cpu'))
+    clock[0] = 0.0
+    flow.sample(num_samples=16, num_steps=steps, solver=solver, seed=0, labels=cycle_labels(16, classes))
+    assert estimate == clock[0] == 16 * steps * (2 if solver == 'midpoint' else 1) * (2 if classes else 1)
+
+
 KILL_AFTER_EPOCH_2 = '''
 import os, signal, sys
 import fm_mnist.cli as cli

@@ -64,6 +64,10 @@ VARIANTS = {
     'cpu_width48': ({'base_channels': 48}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe at base width 48'),
     'cpu_two_blocks': ({'num_res_blocks': 2}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe with two residual blocks per level'),
     'cpu_no_attention': ({'attention': False}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe without attention at 7x7'),
+    'cpu_two_blocks_beta2': ({'num_res_blocks': 2}, {'batch_size': 32, 'lr': 1e-3, 'adam_beta2': 0.99},
+                             'the cpu recipe, two residual blocks per level, AdamW beta2 0.99'),
+    'cpu_two_blocks_mults124': ({'num_res_blocks': 2, 'channel_mults': (1, 2, 4)}, {'batch_size': 32, 'lr': 1e-3},
+                                'the cpu recipe, two residual blocks per level, 128 channels at 7x7'),
     'conditional': ({'num_classes': 10}, {}, 'class-conditional, independent pairs'),
     'conditional_ot': ({'num_classes': 10}, {'coupling': 'ot'}, 'class-conditional, OT pairs within each class'),
 }

@@ -18,6 +18,7 @@ import argparse, sys, time
 import torch
 
 from common import add_common_flags, hardware, model_from_args, num_samples, setup, write
+from fm_mnist.config import SampleConfig
 from fm_mnist.evaluation import Evaluator
 from fm_mnist.sampler import SOLVERS, cycle_labels
 
@@ -53,7 +54,7 @@ def main(argv=None):
     solvers = args.solvers.split(',') if args.solvers else list(per_step)
     n, nfes = num_samples(args, device), [int(x) for x in args.nfe.split(',')]
     labels = cycle_labels(n, flow.num_classes)
-    w = args.guidance_scale if args.guidance_scale is not None else flow.default_guidance_scale
+    w = next(x for x in (args.guidance_scale, flow.default_guidance_scale, SampleConfig.guidance_scale) if x is not None)
     passes = 2 if labels is not None and flow.default_guidance_scale is None and w not in (0, 1) else 1
     ev = Evaluator(args.data_dir, device=device, batch_size=args.batch_size)
     floor = ev.floor(n)

@@ -3,6 +3,7 @@
     python benchmarks/recipe.py --budget images=60000                  # every variant, one epoch of images each
     python benchmarks/recipe.py --budget minutes=10 --variants default,ot,batch64
     python benchmarks/recipe.py --budget images=60000 --variants default --euler100
+    python benchmarks/recipe.py --budget images=60000 --variants batch32_lr1e-3 --train_seed 1   # the spread between runs
 
 Each variant is a base recipe with a few settings changed (VARIANTS below), trained from the
 same seed on the same batches, either for a fixed number of training images or for a fixed wall-clock budget (the
@@ -110,7 +111,8 @@ def score(flow, ev, n, seed, solver, steps):
 
 def markdown(data) -> str:
     m = data['meta']
-    lines = [f"Recipes after {m['budget']} ({m['hardware']}); evaluator N = {m['num_samples']}, seed {m['seed']}, real-data floor "
+    trained = f", trained from seed {m['train_seed']}" if m.get('train_seed', m['seed']) != m['seed'] else ''
+    lines = [f"Recipes after {m['budget']}{trained} ({m['hardware']}); evaluator N = {m['num_samples']}, seed {m['seed']}, real-data floor "
              f"FID {m['fid_floor']:.2f}. Cells: FID / confidence / class TV.", '',
              '| variant | what changes | steps | train images/s | midpoint, 8 NFE | Euler, 100 NFE |', '| --- | --- | --- | --- | --- | --- |']
     cell = lambda r: f"{r['fid']:.1f} / {r['confidence']:.3f} / {r['class_tv_from_uniform']:.3f}" if r else ''
@@ -128,27 +130,30 @@ def main(argv=None):
     p.add_argument('--euler100', action='store_true', help='also score with 100 Euler steps (slow on a CPU)')
     p.add_argument('--rerun', action='store_true', help='train again variants already in the results')
     p.add_argument('--cache', default='benchmarks/.cache/recipe', help='where trained models are kept')
-    p.add_argument('--name', help='base name of the files written (default: recipe_<budget>)')
+    p.add_argument('--name', help='base name of the files written (default: recipe_<budget>, and _train_seedN with --train_seed)')
+    p.add_argument('--train_seed', type=int, help='seed of the training runs (default: --seed, which also seeds the samples scored); '
+                   'another seed measures the spread between runs')
     args = p.parse_args(argv)
     device = setup(args)
     kind, value = args.budget.split('=')
     budget = float(value)
-    name = args.name or f'recipe_{kind}{budget:g}'
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    name = args.name or f'recipe_{kind}{budget:g}' + (f'_train_seed{train_seed}' if train_seed != args.seed else '')
     out = Path(args.out) / f'{name}.json'
     data = json.loads(out.read_text()) if out.is_file() else {'meta': {}, 'variants': {}}
     images, labels = load_mnist_tensors(args.data_dir, train=True)
     ev = Evaluator(args.data_dir, device=device)
     cache = Path(args.cache); cache.mkdir(parents=True, exist_ok=True)
     data['meta'] = {'budget': f'{budget:g} training images' if kind == 'images' else f'{budget:g} minutes of training',
-                    'hardware': hardware(device), 'num_samples': args.num_samples, 'seed': args.seed,
+                    'hardware': hardware(device), 'num_samples': args.num_samples, 'seed': args.seed, 'train_seed': train_seed,
                     'fid_floor': ev.floor(args.num_samples)['fid_floor']}
     for v in args.variants.split(','):
         if v not in VARIANTS: raise SystemExit(f'unknown variant {v!r}; known: {", ".join(VARIANTS)}')
         row = data['variants'].get(v, {})
         if not row or args.rerun:
-            flow, facts = run_variant(v, kind, budget, images, labels, device, cache, args.seed)
+            flow, facts = run_variant(v, kind, budget, images, labels, device, cache, train_seed)
             row = dict(facts)
-        else: flow, _ = run_variant(v, kind, budget, images, labels, device, cache, args.seed)
+        else: flow, _ = run_variant(v, kind, budget, images, labels, device, cache, train_seed)
         row = {k: x for k, x in row.items() if k not in ('model_config', 'train_config')}
         if 'midpoint_8' not in row or args.rerun: row['midpoint_8'] = score(flow, ev, args.num_samples, args.seed, 'midpoint', 4)
         if args.euler100 and ('euler_100' not in row or args.rerun): row['euler_100'] = score(flow, ev, args.num_samples, args.seed, 'euler', 100)

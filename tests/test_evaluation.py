@@ -93,6 +93,10 @@ def test_quality_and_speed_benchmarks_smoke(tmp_path, mnist_root):
     assert json.loads((tmp_path / 'quality_vs_nfe.json').read_text())['rows'][0]['nfe'] == 1
     md = (tmp_path / 'quality_vs_nfe.md').read_text()
     assert (tmp_path / 'quality_vs_nfe.png').is_file() and '| euler |' in md and '| midpoint |' in md and 'dopri5' in md
+    bench('benchmarks/quality_vs_nfe.py', '--pretrained', 'conditional', '--num_samples', '20', '--nfe', '4', '--solvers', 'euler',
+          '--tolerances', '', '--name', 'guided', '--device', 'cpu', '--data_dir', str(mnist_root), '--out', str(tmp_path))
+    assert json.loads((tmp_path / 'guided.json').read_text())['rows'][0]['nfe'] == 4         # 2 guided steps, 2 passes each
+    assert 'guidance 1.5, both branches counted' in (tmp_path / 'guided.md').read_text()
     bench('benchmarks/speed.py', '--base_channels', '8', '--batch_size', '8', '--steps', '2', '--warmup', '1', '--sample_batch', '4',
           '--device', 'cpu', '--data_dir', str(mnist_root), '--json', str(tmp_path / 'speed.json'))
     speed = json.loads((tmp_path / 'speed.json').read_text())
@@ -106,6 +110,10 @@ def test_recipe_benchmark_smoke(tmp_path, mnist_root):
     res = json.loads((tmp_path / 'recipe_images256.json').read_text())
     assert set(res['variants']) == {'default', 'conditional_ot'} and res['variants']['default']['steps'] == 2
     assert res['variants']['conditional_ot']['midpoint_8']['nfe'] == 16     # guided: 8 calls, 2 forward passes each
+    bench('benchmarks/recipe.py', '--budget', 'images=256', '--variants', 'default', '--num_samples', '50', '--train_seed', '1',
+          '--data_dir', str(mnist_root), '--out', str(tmp_path), '--cache', str(tmp_path / 'cache'))
+    again = json.loads((tmp_path / 'recipe_images256_train_seed1.json').read_text())   # another run, its own file
+    assert again['meta']['train_seed'] == 1 and again['meta']['seed'] == 0 and 'trained from seed 1' in (tmp_path / 'recipe_images256_train_seed1.md').read_text()
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from fm_mnist.training import measure_step_time, new_train_state, plan_steps, tr
 BASE = dict(batch_size=128, lr=2e-3)
 # name: (ModelConfig overrides, TrainConfig overrides, what it tests)
 V1 = dict(time_sampling='uniform', warmup_steps=200, warmup_fraction=1.0, ema_halflife_fraction=None, ema_decay=0.999)
+CPU = dict(batch_size=32, lr=1e-3)   # the cpu recipe's batch and learning rate, the base of the cpu_* variants
 VARIANTS = {
     'v1_recipe': ({}, V1, 'the recipe of the first shipped models: uniform times, 200 warm-up steps, EMA decay 0.999'),
     'scaled_schedule': ({}, {**V1, 'warmup_fraction': 0.05, 'warmup_steps': 500}, 'v1 with a warm-up of 5% of the run'),
@@ -62,12 +63,12 @@ VARIANTS = {
     'width24': ({'base_channels': 24}, {}, 'base width 24'),
     'no_attention': ({'attention': False}, {}, 'no attention at 7x7'),
     # architecture on the cpu recipe (batch 32, lr 1e-3), the sweep's winner
-    'cpu_width48': ({'base_channels': 48}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe at base width 48'),
-    'cpu_two_blocks': ({'num_res_blocks': 2}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe with two residual blocks per level'),
-    'cpu_no_attention': ({'attention': False}, {'batch_size': 32, 'lr': 1e-3}, 'the cpu recipe without attention at 7x7'),
-    'cpu_two_blocks_beta2': ({'num_res_blocks': 2}, {'batch_size': 32, 'lr': 1e-3, 'adam_beta2': 0.99},
+    'cpu_width48': ({'base_channels': 48}, CPU, 'the cpu recipe at base width 48'),
+    'cpu_two_blocks': ({'num_res_blocks': 2}, CPU, 'the cpu recipe with two residual blocks per level'),
+    'cpu_no_attention': ({'attention': False}, CPU, 'the cpu recipe without attention at 7x7'),
+    'cpu_two_blocks_beta2': ({'num_res_blocks': 2}, {**CPU, 'adam_beta2': 0.99},
                              'the cpu recipe, two residual blocks per level, AdamW beta2 0.99'),
-    'cpu_two_blocks_mults124': ({'num_res_blocks': 2, 'channel_mults': (1, 2, 4)}, {'batch_size': 32, 'lr': 1e-3},
+    'cpu_two_blocks_mults124': ({'num_res_blocks': 2, 'channel_mults': (1, 2, 4)}, CPU,
                                 'the cpu recipe, two residual blocks per level, 128 channels at 7x7'),
     'conditional': ({'num_classes': 10}, {}, 'class-conditional, independent pairs'),
     'conditional_ot': ({'num_classes': 10}, {'coupling': 'ot'}, 'class-conditional, OT pairs within each class'),

@@ -19,8 +19,9 @@ def layout(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob('*') if p.is_file())
 
 
-def torchrun(args, nproc=2):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+def torchrun(args, tmp: Path, nproc=2):
+    "Run train_main.py under torchrun; torchrun's own scratch folders go into `tmp` (a test's folder), not the system's."
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TMPDIR': str(tmp)}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', str(ROOT / 'train_main.py'), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
@@ -29,7 +30,7 @@ def torchrun(args, nproc=2):
 def runs(tmp_path_factory, mnist_root):
     "The same tiny run with two processes and with one."
     base = tmp_path_factory.mktemp('ddp')
-    ddp = torchrun(TINY + ['--data_dir', str(mnist_root), '--results_dir', str(base / 'ddp')])
+    ddp = torchrun(TINY + ['--data_dir', str(mnist_root), '--results_dir', str(base / 'ddp')], base)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     rc, _, err = quiet(train_main, TINY + ['--data_dir', str(mnist_root), '--results_dir', str(base / 'single')])
     assert rc == 0, err
@@ -58,14 +59,14 @@ def test_resume_either_way(runs, tmp_path, mnist_root):
     assert rc == 0, err
     assert read_checkpoint(one / 'checkpoint_final.pt')['step'] == 9
     two = tmp_path / 'two'; shutil.copytree(base / 'single', two)   # ...and a one-process checkpoint continues with two
-    p = torchrun(OUTPUT + ['--epochs', '3', '--resume', '--data_dir', str(mnist_root), '--results_dir', str(two)])
+    p = torchrun(OUTPUT + ['--epochs', '3', '--resume', '--data_dir', str(mnist_root), '--results_dir', str(two)], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     ckpt = read_checkpoint(two / 'checkpoint_final.pt')
     assert ckpt['step'] == 9 and ckpt['epoch'] == 3
 
 
 def test_global_batch_must_split_evenly(tmp_path, mnist_root):
-    p = torchrun(['--batch_size', '33', '--epochs', '1', '--device', 'cpu', '--data_dir', str(mnist_root), '--results_dir', str(tmp_path)])
+    p = torchrun(['--batch_size', '33', '--epochs', '1', '--device', 'cpu', '--data_dir', str(mnist_root), '--results_dir', str(tmp_path)], tmp_path)
     assert p.returncode != 0
     assert 'fm-train: error: --batch_size 33 must be divisible by the number of processes (2)' in p.stderr  # each process says it
 
@@ -75,7 +76,7 @@ def test_a_failure_on_process_0_stops_every_process(tmp_path, mnist_root):
     import time
     blocker = tmp_path / 'a_file'; blocker.write_text('not a folder')
     t0 = time.perf_counter()
-    p = torchrun(TINY + ['--data_dir', str(mnist_root), '--results_dir', str(blocker / 'r')])
+    p = torchrun(TINY + ['--data_dir', str(mnist_root), '--results_dir', str(blocker / 'r')], tmp_path)
     assert p.returncode != 0 and time.perf_counter() - t0 < 120            # no waiting for a collective's timeout
     ours = [line for line in p.stderr.splitlines() if line.startswith('fm-train: error:')]   # (torchrun adds its own report)
     assert len(ours) == 2 and any('cannot write to --results_dir' in l for l in ours) and any('process 0 failed' in l for l in ours)

@@ -17,7 +17,9 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   counts in the budget), then flow matching on those fixed pairs with uniform times (--reflow_times), from the teacher's
   weights (or, with --reflow_from, from an earlier reflow: a further stage on new pairs); sampled with Euler. With
   --grid_share, that share of the training times is drawn from the times that 1, 2 and 4 Euler steps evaluate
-  (0, 1/4, 1/2, 3/4: the library's `EULER_GRID`, `TrainConfig.grid_share`): train where the sampler asks.
+  (0, 1/4, 1/2, 3/4: the library's `EULER_GRID`, `TrainConfig.grid_share`): train where the sampler asks. With
+  --grid_times 0 --grid_share 1 every training time is t = 0, the only time one Euler step evaluates: a one-step
+  distillation of the pairs, which gives up some of the model's 2- and 4-step quality for its 1-step quality.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
 teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a
@@ -33,11 +35,20 @@ import torch
 from common import add_common_flags, hardware, setup, write
 from fm_mnist.checkpoint import PRETRAINED, build_model, checkpoint_path, export_for_sampling, read_checkpoint, save_checkpoint, load_flow
 from fm_mnist.config import TIME_SAMPLINGS, TrainConfig
+from fm_mnist.flow_matching import EULER_GRID
 from fm_mnist.data import load_mnist_tensors
 from fm_mnist.evaluation import Evaluator
 from fm_mnist.meanflow import reflow_pairs
 from fm_mnist.sampler import cycle_labels
 from fm_mnist.training import measure_step_time, new_train_state, plan_steps, train
+
+
+def times(s: str) -> tuple:
+    "argparse type: comma-separated times in [0, 1]."
+    try: ts = tuple(float(x) for x in s.split(','))
+    except ValueError: raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {s!r}') from None
+    if not all(0 <= t <= 1 for t in ts): raise argparse.ArgumentTypeError(f'times must be in [0, 1], got {s!r}')
+    return ts
 
 
 def score(flow, ev, n, seed, **kw):
@@ -92,7 +103,7 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
         mc, model = start_ckpt['_model_config'], build_model(start_ckpt, args.reflow_from)
     else: mc, model = teacher_model(ckpt, source, interval=False)
     tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times,
-                 grid_share=args.grid_share, lr=args.lr, minutes=minutes, max_steps=None, epochs=1, warmup_fraction=0.02,
+                 grid_share=args.grid_share, grid_times=args.grid_times, lr=args.lr, minutes=minutes, max_steps=None, epochs=1, warmup_fraction=0.02,
                  batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
     sps = measure_step_time(state, x1, y)
@@ -135,6 +146,8 @@ def main(argv=None):
                    'one-step jump starts at t = 0, which logit-normal times (a teacher\'s own default) rarely sample')
     p.add_argument('--grid_share', type=float, default=0.0, help='reflow: share of training times drawn from the points that 1, 2 '
                    'and 4 Euler steps evaluate (0, 1/4, 1/2, 3/4; 0 twice as often); the rest follow --reflow_times')
+    p.add_argument('--grid_times', type=times, default=EULER_GRID, help='reflow: the times --grid_share draws from, comma-separated '
+                   '(default: those of 1, 2 and 4 Euler steps; 0: one step only)')
     p.add_argument('--reflow_from', help='reflow: start from this model (an earlier reflow) instead of the teacher; the cost '
                    'line then counts this stage only')
     p.add_argument('--pair_seed', type=int, help='reflow: seed of the pairs\' noise (default: --seed + 1)')
@@ -179,7 +192,8 @@ def main(argv=None):
         rf, facts = run_reflow(teacher, ckpt, source, start_ckpt, images, labels, args.minutes, args, device, work)
         costs['reflow'] = (f"{facts['minutes']:.1f} min: {facts['pairs']} teacher pairs in {facts['pair_minutes']:.1f} min, "
                            f"then {facts['steps']} steps" + (f" from {args.reflow_from}" if args.reflow_from else '')
-                           + (f", {args.grid_share:g} of the times on the Euler grid" if args.grid_share else ''))
+                           + (f", {args.grid_share:g} of the times on " + ('the Euler grid' if args.grid_times == EULER_GRID else
+                              f"t = {', '.join(f'{g:g}' for g in args.grid_times)}") if args.grid_share else ''))
         for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
@@ -192,7 +206,7 @@ def main(argv=None):
     teacher_name = old['meta']['teacher'] if old else f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
-                     'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'reflow_from': args.reflow_from},
+                     'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))
     print(markdown(data))

@@ -147,7 +147,8 @@ def export_for_sampling(src: str | Path, dst: str | Path) -> Path:
 
 # %% ../nbs/91_checkpoint.ipynb #26642675
 PRETRAINED = {'unconditional': 'fm_mnist_cpu.pt', 'conditional': 'fm_mnist_cpu_cond.pt',
-              'few_step': 'fm_mnist_cpu_reflow.pt'}   # the unconditional model reflowed: good digits in 1 to 4 Euler steps
+              'few_step': 'fm_mnist_cpu_reflow.pt',     # the unconditional model reflowed: good digits in 1 to 4 Euler steps
+              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model distilled for a single Euler step
 
 def pretrained_path(name: str = 'unconditional') -> Path:
     "Where a shipped model lives inside the installed package."
@@ -173,7 +174,7 @@ def load_flow(source: str | Path = 'unconditional', device=None, use_ema: bool =
     return flow_from_checkpoint(read_checkpoint(path), str(path), device, use_ema)
 
 def load_pretrained(device=None, name: str = 'unconditional') -> FlowMatching:
-    "A model shipped with fm_mnist, ready to sample: 'unconditional', 'conditional' (digits on demand) or 'few_step'."
+    "A model shipped with fm_mnist, ready to sample: 'unconditional', 'conditional' (digits on demand), 'few_step' or 'one_step'."
     if name not in PRETRAINED: raise ValueError(f"the shipped models are {', '.join(PRETRAINED)}; got {name!r}")
     return load_flow(name, device)
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, asdict, fields, replace
 
 from .unet import UNet
-from .flow_matching import FlowMatching, TIME_SAMPLINGS, COUPLINGS
+from .flow_matching import FlowMatching, TIME_SAMPLINGS, COUPLINGS, EULER_GRID
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'PRESETS', 'AUTO_MINUTES', 'ModelConfig', 'TrainConfig', 'SampleConfig', 'PathConfig', 'resolve_preset',
@@ -99,7 +99,8 @@ class TrainConfig:
     log_every: int = 25                     # steps between progress-bar refreshes (the only host-device syncs)
     time_sampling: str = 'logit_normal'     # how training times are drawn: one of TIME_SAMPLINGS
     coupling: str = 'independent'           # how noise is paired with images: one of COUPLINGS
-    grid_share: float = 0.0                 # share of training times on EULER_GRID (reflow in the few-step notebook)
+    grid_share: float = 0.0                 # share of training times on grid_times (reflow in the few-step notebook)
+    grid_times: tuple = EULER_GRID          # the times grid_share draws from: those of 1, 2 and 4 Euler steps; (0.0,): one step
     label_dropout: float = 0.1              # conditional models: probability of training a label as "no label"
     objective: str = 'flow_matching'        # one of OBJECTIVES
     meanflow_interval_share: float = 0.25   # meanflow: share of training pairs with r > t (the few-step notebook)
@@ -128,6 +129,11 @@ class TrainConfig:
         _one_of(self, 'time_sampling', TIME_SAMPLINGS)
         _one_of(self, 'coupling', COUPLINGS)
         _float_in(self, 'grid_share', 0.0, 1.0)
+        g = self.grid_times
+        ok = isinstance(g, (tuple, list)) and len(g) > 0 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in g)
+        _check(ok, TrainConfig, 'grid_times', g, 'one or more times in [0, 1]')
+        self.grid_times = tuple(float(x) for x in g)
         _float_in(self, 'label_dropout', 0.0, 1.0)
         _one_of(self, 'objective', OBJECTIVES)
         _float_in(self, 'meanflow_interval_share', 0.0, 1.0)
@@ -137,7 +143,8 @@ class TrainConfig:
 
     def build_flow(self, model, device=None) -> FlowMatching:
         "The flow that trains `model` with these settings: `FlowMatching`, or a few-step `MeanFlow` for `objective='meanflow'`."
-        kw = dict(time_sampling=self.time_sampling, coupling=self.coupling, label_dropout=self.label_dropout, grid_share=self.grid_share)
+        kw = dict(time_sampling=self.time_sampling, coupling=self.coupling, label_dropout=self.label_dropout, grid_share=self.grid_share,
+                  grid_times=self.grid_times)
         if self.objective == 'meanflow':
             from fm_mnist.meanflow import MeanFlow   # the few-step notebook
             return MeanFlow(model, device, interval_share=self.meanflow_interval_share, guidance_scale=self.meanflow_guidance,

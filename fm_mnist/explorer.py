@@ -49,7 +49,7 @@ ALL_DIGITS = -1  # the digit control's value for "every digit in turn" (a dropdo
 def _shipped_models(device) -> dict:
     "The shipped models worth exploring that this installation has, by name."
     from fm_mnist.checkpoint import PRETRAINED, pretrained_path, load_flow
-    return {name: load_flow(name, device) for name in ('conditional', 'few_step', 'unconditional') if pretrained_path(name).is_file()}
+    return {name: load_flow(name, device) for name in ('conditional', 'few_step', 'one_step', 'unconditional') if pretrained_path(name).is_file()}
 
 def explorer(flow: FlowMatching | None = None, device=None):
     "Interactive explorer (ipywidgets): model, digit, guidance, solver, steps and seed. Falls back to a static figure without widgets."
@@ -77,7 +77,7 @@ def explorer(flow: FlowMatching | None = None, device=None):
         f = models[model.value]
         own = list(f.own_solvers)
         solver.options = own + [s for s, n in SOLVERS.items() if n]
-        few = bool(own) or model.value == 'few_step'   # a model made to need few steps starts at one
+        few = bool(own) or model.value in ('few_step', 'one_step')   # a model made to need few steps starts at one
         solver.value = own[0] if own else 'euler' if few else 'midpoint'
         steps.value = 1 if few else 4
         digit.disabled = f.num_classes is None

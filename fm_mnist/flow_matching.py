@@ -39,13 +39,17 @@ class FlowMatching:
                  time_sampling: str = TIME_SAMPLINGS[0],  # training times: 'logit_normal' or 'uniform'
                  label_dropout: float = LABEL_DROPOUT,    # conditional models: probability of hiding a label in training
                  coupling: str = COUPLINGS[0],            # 'independent' noise, or 'ot' (mini-batch optimal transport)
-                 grid_share: float = 0.0):                # share of training times drawn from EULER_GRID (the few-step notebook)
+                 grid_share: float = 0.0,                 # share of training times drawn from `grid_times` (the few-step notebook)
+                 grid_times: tuple = EULER_GRID):         # the times `grid_share` draws from; (0.0,) for a one-step model
         if time_sampling not in TIME_SAMPLINGS: raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
         if coupling not in COUPLINGS: raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         if not 0 <= label_dropout <= 1: raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
         if not 0 <= grid_share <= 1: raise ValueError(f"grid_share must be in [0, 1], got {grid_share}")
+        if not (len(grid_times) and all(0 <= g <= 1 for g in grid_times)):
+            raise ValueError(f"grid_times must be one or more times in [0, 1], got {grid_times!r}")
         self.model = model.to(get_device(device))
         self.time_sampling, self.label_dropout, self.coupling, self.grid_share = time_sampling, label_dropout, coupling, grid_share
+        self.grid_times = tuple(float(g) for g in grid_times)
         self.num_classes = getattr(model, 'num_classes', None)          # None: unconditional model
         self.image_shape = tuple(getattr(model, 'image_shape', (1, 28, 28)))  # the shape of one sample
         self.last_nfe: int | None = None  # network forward passes per sample spent by the last `sample` call
@@ -61,12 +65,12 @@ class FlowMatching:
 
     def sample_time(self, n: int) -> torch.Tensor:
         """Training times `(n,)` in [0, 1]: uniform, or logit-normal (sigmoid of a standard normal; Esser et al. 2024); with
-        `grid_share`, that share of them is drawn from `EULER_GRID` instead, the times a few-step sampler evaluates."""
+        `grid_share`, that share of them is drawn from `grid_times` instead, the times a few-step sampler evaluates."""
         dev = self.device
         t = torch.sigmoid(torch.randn(n, device=dev)) if self.time_sampling == 'logit_normal' else torch.rand(n, device=dev)
         if not self.grid_share: return t
         on = torch.rand(n, device=dev) < self.grid_share
-        grid = torch.tensor(EULER_GRID, device=dev)
+        grid = torch.tensor(self.grid_times, device=dev)
         return torch.where(on, grid[torch.randint(len(grid), (n,), device=dev)], t)
 
     def drop_labels(self, y: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from .flow_matching import FlowMatching, TIME_SAMPLINGS, LABEL_DROPOUT
+from .flow_matching import FlowMatching, TIME_SAMPLINGS, LABEL_DROPOUT, EULER_GRID
 from .sampler import solve_ode
 
 # %% auto #0
@@ -48,11 +48,12 @@ class MeanFlow(FlowMatching):
                  weight_power: float = 1.0,               # adaptive loss weight 1 / (|error|^2 + c)^p; 0: plain squared error
                  time_sampling: str = TIME_SAMPLINGS[0],
                  coupling: str = 'independent',
-                 grid_share: float = 0.0):
+                 grid_share: float = 0.0,
+                 grid_times: tuple = EULER_GRID):
         if not getattr(model, 'takes_interval', False):
             raise ValueError("a MeanFlow model needs a network that takes a second time r (a UNet built with interval=True)")
         super().__init__(model, device, time_sampling=time_sampling, label_dropout=label_dropout, coupling=coupling,
-                         grid_share=grid_share)
+                         grid_share=grid_share, grid_times=grid_times)
         self.interval_share, self.weight_power = interval_share, weight_power
         if self.num_classes is not None and guidance_scale is None:
             from fm_mnist.config import SampleConfig

@@ -125,3 +125,8 @@ def test_atomic_save_leaves_the_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError): atomic_save({'a': Boom()}, tmp_path / 'x.pt')
     assert torch.equal(torch.load(tmp_path / 'x.pt', weights_only=True)['a'], torch.zeros(1))
     assert [p.name for p in tmp_path.iterdir()] == ['x.pt']
+
+
+def test_the_one_step_model_says_it_was_trained_at_t_0_alone():
+    tc = read_checkpoint(pretrained_path('one_step'))['_train_config']
+    assert (tc.grid_share, tc.grid_times, tc.objective) == (1.0, (0.0,), 'flow_matching')

@@ -132,6 +132,8 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert 'a further 0.02 minutes' in (tmp_path / 'few_step.md').read_text()
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--grid_share', '1.5'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and '--grid_share must be in [0, 1]' in p.stderr
+    p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--grid_times', '0,2'], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and 'times must be in [0, 1]' in p.stderr
 
 
 @pytest.mark.slow

@@ -96,3 +96,13 @@ def test_grid_share_draws_that_share_of_times_on_the_euler_grid():
     torch.manual_seed(0); assert torch.equal(a, torch.rand(100))     # no share: the same draws as before the option
     with pytest.raises(ValueError, match='grid_share'): fm(1.5)
     assert TrainConfig(grid_share=0.75).build_flow(UNet(base_channels=8, time_emb_dim=16), 'cpu').grid_share == 0.75
+
+
+def test_grid_times_of_zero_alone_trains_only_where_one_euler_step_looks():
+    net = UNet(base_channels=8, time_emb_dim=16)
+    flow = TrainConfig(time_sampling='uniform', grid_share=1.0, grid_times=[0]).build_flow(net, 'cpu')
+    assert flow.grid_times == (0.0,) and torch.equal(flow.sample_time(500), torch.zeros(500))
+    assert TrainConfig().grid_times == EULER_GRID                     # the default, and that of checkpoints without the field
+    for bad in ((), (0.5, 1.5), ('a',), 0.0):
+        with pytest.raises(ValueError, match='grid_times'): TrainConfig(grid_times=bad)
+    with pytest.raises(ValueError, match='grid_times'): FlowMatching(net, device='cpu', grid_times=())

@@ -103,8 +103,8 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
         mc, model = start_ckpt['_model_config'], build_model(start_ckpt, args.reflow_from)
     else: mc, model = teacher_model(ckpt, source, interval=False)
     tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times,
-                 grid_share=args.grid_share, grid_times=args.grid_times, lr=args.lr, minutes=minutes, max_steps=None, epochs=1, warmup_fraction=0.02,
-                 batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
+                 grid_share=args.grid_share, grid_times=args.grid_times, lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
+                 warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)

@@ -77,7 +77,7 @@ def explorer(flow: FlowMatching | None = None, device=None):
         f = models[model.value]
         own = list(f.own_solvers)
         solver.options = own + [s for s, n in SOLVERS.items() if n]
-        few = bool(own) or model.value in ('few_step', 'one_step')   # a model made to need few steps starts at one
+        few = bool(own) or f.grid_share > 0   # a model made for few steps (its own jump, or trained on their times) starts at one
         solver.value = own[0] if own else 'euler' if few else 'midpoint'
         steps.value = 1 if few else 4
         digit.disabled = f.num_classes is None

@@ -39,3 +39,12 @@ def test_explorer_controls_show_all_digits_and_redraw():
     status.value = ''
     button.click()
     assert status.value.startswith('drawn in')
+
+
+@pytest.mark.parametrize('grid_share, start', [(0.0, ('midpoint', 4)), (1.0, ('euler', 1))])
+def test_explorer_starts_a_model_trained_for_few_steps_at_one_euler_step(grid_share, start):
+    pytest.importorskip('ipywidgets')
+    flow = tiny_flow(); flow.grid_share = grid_share           # as the few-step and one-step checkpoints say
+    ui = explorer(flow)
+    _, (solver, steps, _) = (box.children for box in ui.children[:2])
+    assert (solver.value, steps.value) == start

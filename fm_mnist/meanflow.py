@@ -69,7 +69,8 @@ class MeanFlow(FlowMatching):
 
     def loss(self, x1: torch.Tensor, x0: torch.Tensor | None = None, t: torch.Tensor | None = None,
              y: torch.Tensor | None = None, r: torch.Tensor | None = None) -> torch.Tensor:
-        "MeanFlow loss on a data batch `x1` `(B, 1, 28, 28)` (labels `y` for a conditional model): a scalar."
+        """MeanFlow loss on a data batch `x1` `(B, 1, 28, 28)` (labels `y` for a conditional model): a scalar whose gradient is
+        the adaptive-weighted loss's and whose value is the plain squared error, the number a training curve can show."""
         x1 = x1.to(self.device)
         if y is not None: y = y.to(self.device)
         x0 = self.draw_noise(x1, y) if x0 is None else x0.to(self.device)
@@ -88,10 +89,12 @@ class MeanFlow(FlowMatching):
             u, dudt = jvp(lambda z, t, r: self.model(z, t, yin, r), (z, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
         target = (v + _bcast(r - t, v) * dudt).detach()        # u = v - (t - r) du/dt, the MeanFlow identity
         err = (u.float() - target.float()).flatten(1)
-        if self.weight_power == 0: return err.pow(2).mean()    # the plain squared error, averaged as flow matching does
+        mse = err.pow(2).mean()                                 # the plain squared error, averaged as flow matching does
+        if self.weight_power == 0: return mse
         sq = err.pow(2).sum(1)                                  # |Delta|^2 per sample, summed over its pixels
         w = (sq.detach() + 1e-3).pow(-self.weight_power)        # adaptive weighting (Geng et al. 2025): a robust loss
-        return (w * sq).mean()
+        weighted = (w * sq).mean()                              # close to 1 whatever the error (p = 1): its value says nothing
+        return weighted - weighted.detach() + mse.detach()      # the weighted loss's gradient, the plain error's value
 
     def check_sampling(self, solver: str, guidance_scale: float | None):
         "A conditional few-step model has its guidance built in: asking for another guidance scale is an error."

@@ -20,6 +20,31 @@ def test_with_r_equal_t_the_loss_is_plain_flow_matching():
     torch.testing.assert_close(mf.loss(x1, x0=x0, t=t, r=t), fm.loss(x1, x0=x0, t=t))
 
 
+def test_the_weighted_loss_shows_the_plain_error_and_keeps_its_gradient():
+    "With adaptive weighting the value is the plain squared error (the weighted loss is about 1), the gradient the weighted loss's."
+    x1, x0, t, r = torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 1, 28, 28), torch.rand(4) * 0.5, torch.full((4,), 0.9)
+    def loss_and_grad(mf):
+        mf.model.zero_grad()
+        loss = mf.loss(x1, x0=x0, t=t, r=r)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in mf.model.parameters() if p.grad is not None])
+    mf = tiny_flow(interval=True)
+    value, grad = loss_and_grad(mf)
+    mf.weight_power = 0.0
+    plain, plain_grad = loss_and_grad(mf)
+    torch.testing.assert_close(value, plain)
+    mf.weight_power = 1.0
+    mf.model.zero_grad()                                     # the weighted loss written out, as the paper has it
+    with math_attention(mf.model):
+        u, dudt = jvp(lambda z, t, r: mf.model(z, t, None, r), ((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * x1, t, r),
+                      (x1 - x0, torch.ones(4), torch.zeros(4)))
+    sq = (u - (x1 - x0 + (r - t).view(-1, 1, 1, 1) * dudt).detach()).flatten(1).pow(2).sum(1)
+    ((sq / (sq.detach() + 1e-3)).mean()).backward()
+    weighted_grad = torch.cat([p.grad.flatten() for p in mf.model.parameters() if p.grad is not None])
+    torch.testing.assert_close(grad, weighted_grad)
+    assert not torch.allclose(grad, plain_grad)
+
+
 def test_the_total_derivative_is_right():
     mf = tiny_flow(interval=True)
     z, t, r, v = torch.randn(2, 1, 28, 28), torch.rand(2) * 0.5, torch.full((2,), 0.9), torch.randn(2, 1, 28, 28)

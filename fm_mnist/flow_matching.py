@@ -52,11 +52,16 @@ class FlowMatching:
         self.grid_times = tuple(float(g) for g in grid_times)
         self.num_classes = getattr(model, 'num_classes', None)          # None: unconditional model
         self.image_shape = tuple(getattr(model, 'image_shape', (1, 28, 28)))  # the shape of one sample
+        self.data_range = getattr(model, 'data_range', (-1.0, 1.0))    # samples are clipped to it; None: points, not pixels
         self.last_nfe: int | None = None  # network forward passes per sample spent by the last `sample` call
 
     default_solver: str | None = None          # None: the default of `SampleConfig`; few-step models have their own
     default_guidance_scale: float | None = None  # None: the default of `SampleConfig`
     own_solvers: dict = {}                     # solvers beyond the ODE solvers, for kinds of model that have some: {name: NFE per step}
+
+    def clip(self, x: torch.Tensor) -> torch.Tensor:
+        "Samples `x` clipped to the range of the data (pixels: [-1, 1]); unchanged for a model whose `data_range` is None."
+        return x if self.data_range is None else x.clamp(*self.data_range)
 
     @property
     def device(self) -> torch.device:

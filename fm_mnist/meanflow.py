@@ -129,6 +129,6 @@ def reflow_pairs(teacher: FlowMatching, num_pairs: int, num_steps: int = 4, solv
         for i in tqdm(range(0, num_pairs, batch_size), disable=not progress, desc='teacher pairs'):
             yb = None if labels is None else labels[i:i + batch_size].to(teacher.device)
             x, _, _ = teacher.integrate(x0[i:i + batch_size].to(teacher.device), yb, num_steps, solver, None, False, 1e-4, 1e-4)
-            out.append(x.float().clamp(-1, 1).cpu())
+            out.append(teacher.clip(x.float()).cpu())
     finally: teacher.model.train(was_training)
     return x0, torch.cat(out)

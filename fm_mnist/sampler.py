@@ -142,7 +142,7 @@ def sample_batches(flow: FlowMatching, num_samples=None, num_steps=None, seed=No
         if not torch.isfinite(x).all():
             raise FloatingPointError("the model produced non-finite values (NaN or infinity): its weights are broken")
         done += b
-        yield x.clamp(-1, 1), (traj.float().cpu() if return_trajectory else None), nfe
+        yield flow.clip(x), (traj.float().cpu() if return_trajectory else None), nfe
 
 def sample(flow: FlowMatching, num_samples=None, num_steps=None, seed=None, batch_size=None, return_trajectory=False,
            solver=None, labels=None, guidance_scale=None, rtol=None, atol=None, return_nfe=False):

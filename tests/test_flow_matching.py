@@ -106,3 +106,20 @@ def test_grid_times_of_zero_alone_trains_only_where_one_euler_step_looks():
     for bad in ((), (0.5, 1.5), ('a',), 0.0):
         with pytest.raises(ValueError, match='grid_times'): TrainConfig(grid_times=bad)
     with pytest.raises(ValueError, match='grid_times'): FlowMatching(net, device='cpu', grid_times=())
+
+
+class _Push(torch.nn.Module):
+    "A velocity of 3 everywhere: one Euler step carries noise 3 units, out of the pixel range."
+    image_shape = (2,)
+    def __init__(self, data_range=(-1.0, 1.0)):
+        super().__init__()
+        self.data_range, self.w = data_range, torch.nn.Parameter(torch.zeros(()))
+    def forward(self, x, t, y=None): return torch.full_like(x, 3.0) + self.w
+
+
+def test_samples_are_clipped_to_the_data_range():
+    "Pixels are clipped to [-1, 1]; a model whose data are points (data_range None) keeps its samples as they are."
+    pixels = FlowMatching(_Push(), device='cpu').sample(num_samples=5, num_steps=1, seed=0)
+    assert pixels.max() == 1.0
+    points = FlowMatching(_Push(data_range=None), device='cpu').sample(num_samples=5, num_steps=1, seed=0)
+    torch.testing.assert_close(points, torch.randn(5, 2, generator=torch.Generator().manual_seed(0)) + 3.0)

@@ -17,7 +17,7 @@ __all__ = ['TIME_SAMPLINGS', 'COUPLINGS', 'LABEL_DROPOUT', 'EULER_GRID', 'ot_pai
 TIME_SAMPLINGS = ('logit_normal', 'uniform')  # how training times are drawn; the first is the default
 COUPLINGS = ('independent', 'ot')             # how noise is paired with images; the first is the default
 LABEL_DROPOUT = 0.1                           # conditional models: how often a label is hidden in training
-EULER_GRID = (0.0, 0.0, 0.5, 0.25, 0.75)      # the times 1, 2 and 4 Euler steps evaluate (0 twice): see `grid_share`
+EULER_GRID = (0.0, 0.0, 0.5, 0.25, 0.75)      # the times 1, 2 and 4 Euler steps evaluate (0 twice: the few-step notebook says why)
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Reorder the noise `x0` `(B, ...)` so that the total squared distance to the images `x1` is smallest (mini-batch

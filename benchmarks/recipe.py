@@ -66,6 +66,7 @@ VARIANTS = {
     'cpu_width48': ({'base_channels': 48}, CPU, 'the cpu recipe at base width 48'),
     'cpu_two_blocks': ({'num_res_blocks': 2}, CPU, 'the cpu recipe with two residual blocks per level'),
     'cpu_no_attention': ({'attention': False}, CPU, 'the cpu recipe without attention at 7x7'),
+    'cpu_beta2': ({}, {**CPU, 'adam_beta2': 0.99}, 'the cpu recipe with AdamW beta2 0.99'),
     'cpu_two_blocks_beta2': ({'num_res_blocks': 2}, {**CPU, 'adam_beta2': 0.99},
                              'the cpu recipe, two residual blocks per level, AdamW beta2 0.99'),
     'cpu_two_blocks_mults124': ({'num_res_blocks': 2, 'channel_mults': (1, 2, 4)}, CPU,

@@ -11,8 +11,8 @@ from .unet import UNet
 from .flow_matching import FlowMatching, TIME_SAMPLINGS, COUPLINGS, EULER_GRID
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'PRESETS', 'AUTO_MINUTES', 'ModelConfig', 'TrainConfig', 'SampleConfig', 'PathConfig', 'resolve_preset',
-           'config_from_dict']
+__all__ = ['OBJECTIVES', 'EMA_HALFLIFE', 'PRESETS', 'AUTO_MINUTES', 'ModelConfig', 'TrainConfig', 'SampleConfig', 'PathConfig',
+           'resolve_preset', 'config_from_dict']
 
 # %% ../nbs/55_config.ipynb #8bc2384e
 def _check(ok: bool, cls, name: str, value, want: str):
@@ -79,6 +79,8 @@ class ModelConfig:
         "A freshly initialised `UNet` with this architecture."
         return UNet(**asdict(self))
 
+EMA_HALFLIFE = math.log(2) / 9   # 7.7%: the EMA (1 + n) / (10 + n) of the shipped models (the training notebook)
+
 @dataclass
 class TrainConfig:
     "Optimisation: AdamW with a warm-up then cosine decay, gradient clipping, an EMA of the weights; how long to train."
@@ -91,7 +93,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     ema_decay: float = 0.999                # 0: no EMA
-    ema_halflife_fraction: float | None = 0.1  # the EMA's half-life as a fraction of the run (None: decay ema_decay)
+    ema_halflife_fraction: float | None = EMA_HALFLIFE  # the EMA's half-life as a fraction of the steps so far (None: decay ema_decay)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # shorten epochs (smoke runs)
     minutes: float | None = None            # a wall-clock budget instead of a number of epochs

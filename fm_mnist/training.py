@@ -20,9 +20,9 @@ from .performance import (amp_settings, use_channels_last, match_optimizer_layou
                                   training_model, agree_on_failure, broadcast_from_rank0)
 
 # %% auto #0
-__all__ = ['NOTEBOOK_MODEL', 'epoch_indices', 'epoch_batches', 'steps_per_epoch', 'run_steps', 'warmup_length', 'ema_decay',
-           'EMA', 'lr_factor', 'NonFiniteLossError', 'TrainState', 'new_train_state', 'resume_train_state',
-           'train_step', 'train', 'measure_step_time', 'plan_steps', 'plot_loss']
+__all__ = ['NOTEBOOK_MODEL', 'epoch_indices', 'epoch_batches', 'steps_per_epoch', 'run_steps', 'warmup_length', 'EMA',
+           'lr_factor', 'NonFiniteLossError', 'TrainState', 'new_train_state', 'resume_train_state', 'train_step',
+           'train', 'measure_step_time', 'plan_steps', 'plot_loss']
 
 # %% ../nbs/60_training.ipynb #c0ff6550
 def epoch_indices(n: int, batch_size: int, seed: int, epoch: int, max_steps: int | None = None,
@@ -54,16 +54,14 @@ def warmup_length(tc: TrainConfig, total: int) -> int:
     "Warm-up steps of a run of `total` steps: `warmup_fraction` of it, at most `warmup_steps`."
     return min(tc.warmup_steps, round(tc.warmup_fraction * total))
 
-def ema_decay(tc: TrainConfig, total: int) -> float:
-    "The EMA's decay per step: a half-life of `ema_halflife_fraction` of the run's `total` steps, else `ema_decay`."
-    if tc.ema_halflife_fraction is None: return tc.ema_decay
-    return 0.5 ** (1 / max(1.0, tc.ema_halflife_fraction * total))
+
 
 # %% ../nbs/60_training.ipynb #e931437c
 class EMA:
     "Exponential moving average of a model's floating-point parameters and buffers."
-    def __init__(self, model: nn.Module, decay: float = 0.999):
-        self.decay, self.num_updates = decay, 0
+    def __init__(self, model: nn.Module, decay: float = 0.999,
+                 halflife_fraction: float | None = None):   # a half-life of this fraction of the steps so far, instead of `decay`
+        self.decay, self.halflife_fraction, self.num_updates = decay, halflife_fraction, 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._pairs = None  # (model tensors, shadow tensors) by kind, built at the first update
 
@@ -77,10 +75,16 @@ class EMA:
                            [live[k] for k in others], [self.shadow[k] for k in others])
         return self._pairs[2:]
 
+    def current_decay(self) -> float:
+        "The decay of the next update: (1 + n) / (1 + n + log 2 / f) for a half-life fraction f, else the ramp up to `decay`."
+        n = self.num_updates + 1
+        if self.halflife_fraction is not None: return (1 + n) / (1 + n + math.log(2) / self.halflife_fraction)
+        return min(self.decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
     def update(self, model: nn.Module):
+        d = self.current_decay()
         self.num_updates += 1
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         src, dst, src_other, dst_other = self._tensors(model)
         torch._foreach_lerp_(dst, src, 1 - d)
         for s, v in zip(dst_other, src_other): s.copy_(v)
@@ -133,8 +137,7 @@ class TrainState:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def refresh_schedule(self):
-        "Apply the current plan (its length) to the EMA's decay and to the learning rate of the current step."
-        if self.ema is not None: self.ema.decay = ema_decay(self.train_config, self.total_steps)
+        "Apply the current plan (its length) to the learning rate of the current step."
         f = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs): g['lr'] = base * f
 
@@ -177,7 +180,7 @@ def new_train_state(model_config: ModelConfig, train_config: TrainConfig, num_im
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     amp, dtype = amp_settings(dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp and dtype == torch.float16)
-    ema = EMA(flow.model, ema_decay(tc, run_steps(tc, spe))) if tc.ema_decay > 0 else None
+    ema = EMA(flow.model, tc.ema_decay, tc.ema_halflife_fraction) if tc.ema_decay > 0 else None
     return TrainState(flow, model_config, tc, opt, sched, scaler, ema, spe)
 
 # %% ../nbs/60_training.ipynb #f771db17
@@ -346,7 +349,7 @@ def measure_step_time(state: TrainState, images: torch.Tensor, labels: torch.Ten
     return broadcast_from_rank0(seconds, dev)
 
 def plan_steps(state: TrainState, seconds: float, seconds_per_step: float) -> int:
-    "Fix the run's length to the steps that fit in `seconds` at `seconds_per_step` (at least one epoch's worth of one step)."
+    "Fix the run's length to the steps that fit in `seconds` at `seconds_per_step` (at least one step)."
     state.train_config.max_steps = max(1, int(seconds / seconds_per_step))
     state.refresh_schedule()
     return state.train_config.max_steps

@@ -117,6 +117,16 @@ def test_recipe_benchmark_smoke(tmp_path, mnist_root):
 
 
 @pytest.mark.slow
+def test_ema_benchmark_smoke(tmp_path, mnist_root):
+    bench('benchmarks/ema.py', '--images', '256', '--fractions', '0.2', '--num_samples', '50',
+          '--data_dir', str(mnist_root), '--out', str(tmp_path))
+    res = json.loads((tmp_path / 'ema.json').read_text())
+    assert res['meta']['steps'] == 8 and len(res['rows']) == 3 and 'half-life 0.2 of the steps so far' in res['rows']
+    p = subprocess.run([sys.executable, 'benchmarks/ema.py', '--fractions', '0,1'], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and '--fractions' in p.stderr
+
+
+@pytest.mark.slow
 def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     teacher = str(trained / 'checkpoint_final.pt')
     common = ['--teacher', teacher, '--methods', 'reflow', '--minutes', '0.02', '--reflow_pairs', '64', '--batch_size', '16',

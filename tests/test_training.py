@@ -1,5 +1,6 @@
 "The training loop's pieces: batches, the run's length and schedule, EMA, time budgets, exact resumption, and GPU-path state."
 import copy
+import math
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
@@ -9,7 +10,7 @@ import torch
 
 from fm_mnist.checkpoint import read_checkpoint, save_checkpoint
 from fm_mnist.config import ModelConfig, TrainConfig
-from fm_mnist.training import (EMA, epoch_batches, epoch_indices, ema_decay, lr_factor, measure_step_time, new_train_state,
+from fm_mnist.training import (EMA, epoch_batches, epoch_indices, lr_factor, measure_step_time, new_train_state,
                                plan_steps, resume_train_state, run_steps, steps_per_epoch, train, warmup_length)
 
 TINY_MODEL = ModelConfig(base_channels=8, time_emb_dim=16)
@@ -52,14 +53,21 @@ def test_run_length_comes_from_the_data_given():
     with pytest.raises(ValueError, match='planned for 5 steps per epoch'): train(state, IMAGES, progress=False)
 
 
-def test_schedule_and_ema_scale_with_the_run():
+def test_the_schedule_scales_with_the_run():
     assert warmup_length(TrainConfig(), 468) == 23 and warmup_length(TrainConfig(), 100_000) == 500
     assert warmup_length(replace(TrainConfig(), warmup_fraction=1.0, warmup_steps=200), 468) == 200   # version 1's warm-up
     assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == pytest.approx(1.0)
     assert lr_factor(55, 10, 100) == pytest.approx(0.5) and lr_factor(100, 10, 100) == pytest.approx(0.0)
-    d = ema_decay(TrainConfig(), 1000)
-    assert d ** 100 == pytest.approx(0.5)                                       # half-life: a tenth of the run
-    assert ema_decay(replace(TrainConfig(), ema_halflife_fraction=None), 1000) == 0.999
+
+def test_the_ema_half_life_is_a_fraction_of_the_steps_so_far():
+    model = torch.nn.Linear(2, 2)
+    for n in (1_000, 100_000):                                                # a tenth of the steps so far, at every step
+        ema = EMA(model, halflife_fraction=0.1); ema.num_updates = n - 1
+        assert math.log(2) / -math.log(ema.current_decay()) == pytest.approx(0.1 * n, rel=0.02)
+    default = EMA(model, halflife_fraction=TrainConfig().ema_halflife_fraction)
+    for n in range(5): assert default.current_decay() == pytest.approx((2 + n) / (11 + n)); default.update(model)   # the ramp
+    fixed = EMA(model, decay=0.999); fixed.num_updates = 50_000
+    assert fixed.current_decay() == 0.999                                     # a fixed decay, once the ramp reaches it
 
 
 def test_ema_matches_a_loop_over_tensors():
@@ -89,7 +97,6 @@ def test_a_time_budget_fixes_the_length_and_the_schedule():
     state = new_train_state(TINY_MODEL, replace(TINY_TRAIN, minutes=1.0), len(IMAGES), device='cpu')
     assert plan_steps(state, seconds=10.0, seconds_per_step=2.0) == 5
     assert state.total_steps == 5 and state.total_epochs == 2
-    assert state.ema.decay == pytest.approx(ema_decay(state.train_config, 5))
     train(state, IMAGES, progress=False)
     assert state.step == 5 and state.optimizer.param_groups[0]['lr'] == pytest.approx(0.0, abs=1e-12)  # the cosine ended
 

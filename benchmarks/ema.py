@@ -9,7 +9,7 @@ not feed back into training, so every row comes from the same weights, and the r
 them. Each average, and the last step's weights, is scored by the project's evaluator: N samples (2,000 by default),
 seed 0, midpoint with 4 steps (8 NFE). Writes ema.json and ema.md.
 """
-import argparse, copy
+import argparse
 from dataclasses import replace
 
 from common import add_common_flags, hardware, setup, write
@@ -37,17 +37,13 @@ def main(argv=None):
     state = new_train_state(mc, tc, len(images), device)
     measure_step_time(state, images)
     extras = {f: EMA(state.flow.model, halflife_fraction=f) for f in fractions}
-    own_update = state.ema.update
-    def update(model):                          # the library's EMA, then each extra average, after every step
-        own_update(model)
-        for e in extras.values(): e.update(model)
-    state.ema.update = update
-    train(state, images, progress=False)
+    def update(st):                             # after every step but the last (train's callback), then once more below
+        for e in extras.values(): e.update(st.flow.model)
+    train(state, images, every_steps=(1, update), progress=False)
+    update(state)
     rows = {f'the library default (half-life {tc.ema_halflife_fraction:.3f} of the steps so far)': state.ema_flow(),
             'no average: the last step\'s weights': state.flow}
-    for f, e in extras.items():
-        flow = copy.copy(state.flow); flow.model = e.copy_to(copy.deepcopy(state.flow.model))
-        rows[f'half-life {f:g} of the steps so far'] = flow
+    rows |= {f'half-life {f:g} of the steps so far': replace(state, ema=e).ema_flow() for f, e in extras.items()}
     ev = Evaluator(args.data_dir, device=device)
     data = {'meta': {'steps': state.step, 'images': state.step * tc.batch_size, 'hardware': hardware(device),
                      'num_samples': args.num_samples, 'seed': args.seed, 'fid_floor': ev.floor(args.num_samples)['fid_floor']},

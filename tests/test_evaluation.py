@@ -10,6 +10,7 @@ from fm_mnist.evaluation import (Evaluator, classifier_path, file_sha256, freche
                                  nearest_distance, CLASSIFIER_SHA256)
 from conftest import quiet
 from fm_mnist.checkpoint import pretrained_path
+from fm_mnist.config import EMA_HALFLIFE
 from fm_mnist.cli import evaluate_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,10 +119,12 @@ def test_recipe_benchmark_smoke(tmp_path, mnist_root):
 
 @pytest.mark.slow
 def test_ema_benchmark_smoke(tmp_path, mnist_root):
-    bench('benchmarks/ema.py', '--images', '256', '--fractions', '0.2', '--num_samples', '50',
+    bench('benchmarks/ema.py', '--images', '256', '--fractions', f'0.2,{EMA_HALFLIFE!r}', '--num_samples', '50',
           '--data_dir', str(mnist_root), '--out', str(tmp_path))
     res = json.loads((tmp_path / 'ema.json').read_text())
-    assert res['meta']['steps'] == 8 and len(res['rows']) == 3 and 'half-life 0.2 of the steps so far' in res['rows']
+    assert res['meta']['steps'] == 8 and len(res['rows']) == 4 and 'half-life 0.2 of the steps so far' in res['rows']
+    default, same = (r for k, r in res['rows'].items() if k.startswith('the library default') or k.startswith('half-life 0.077'))
+    assert default == same                        # an extra average at the default's half-life saw every step, as the EMA did
     p = subprocess.run([sys.executable, 'benchmarks/ema.py', '--fractions', '0,1'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and '--fractions' in p.stderr
 

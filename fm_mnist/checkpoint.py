@@ -80,6 +80,26 @@ def _weights_problem(state) -> str | None:
     if bad: return f'has non-finite values (NaN or infinity) in {bad[0]}' + (f' and {len(bad) - 1} more' if len(bad) > 1 else '')
     return None
 
+def _is_count(n) -> bool: return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+def _expected_shapes(mc: ModelConfig) -> dict:
+    "The weight shapes the network of `mc` has, found on the meta device: no memory is allocated for them."
+    with torch.device('meta'): return {k: tuple(v.shape) for k, v in mc.build().state_dict().items()}
+
+def _shape_problem(state: dict, expected: dict) -> str | None:
+    "What differs between the weights `state` and the shapes `expected` of its config's network, or None."
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    for what, keys in (('lacks', missing), ('has unexpected', unexpected), ('has wrong shapes in', wrong)):
+        if keys: return (f"does not match its model config: {what} {keys[0]}" + (f' and {len(keys) - 1} more' if len(keys) > 1 else '')
+                         + (f' ({tuple(state[keys[0]].shape)}, the config gives {expected[keys[0]]})' if what.startswith('has wrong') else ''))
+    return None
+
+def _is_generator_state(s, device: str) -> bool:
+    "Whether `s` can be a saved random generator state of `device` ('torch' is the CPU's; its size is fixed)."
+    if not (torch.is_tensor(s) and s.dtype == torch.uint8 and s.dim() == 1): return False
+    return device != 'torch' or s.numel() == torch.get_rng_state().numel()
+
 def validate(ckpt, source: str = 'checkpoint', for_resume: bool = False) -> dict:
     "Check a checkpoint dict's structure, types, configs and weights; raises `CheckpointError` naming `source`. Returns it migrated."
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
@@ -98,16 +118,19 @@ def validate(ckpt, source: str = 'checkpoint', for_resume: bool = False) -> dict
     try:
         ckpt['_model_config'] = config_from_dict(ModelConfig, ckpt['model_config'])
         ckpt['_train_config'] = config_from_dict(TrainConfig, ckpt['train_config'])
-    except (ValueError, TypeError) as e: raise CheckpointError(f"{source}: invalid config: {e}") from None
+    except (ValueError, TypeError, OverflowError) as e: raise CheckpointError(f"{source}: invalid config: {e}") from None
     if ckpt['epoch'] < 0 or ckpt['step'] < 0: raise CheckpointError(f"{source}: negative epoch or step")
-    for k in ('model_state',) + (('ema_state',) if ckpt.get('ema_state') is not None else ()):
-        state = ckpt[k]['shadow'] if k == 'ema_state' and isinstance(ckpt[k], dict) else ckpt[k]
-        if not isinstance(state, dict): raise CheckpointError(f"{source}: {k!r} holds no weights")
-        problem = _weights_problem(state)
+    ema = ckpt.get('ema_state')
+    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get('shadow'), dict) and _is_count(ema.get('num_updates'))):
+        raise CheckpointError(f"{source}: 'ema_state' must be None or hold 'shadow' weights and a 'num_updates' count")
+    expected = _expected_shapes(ckpt['_model_config'])
+    for k, state in (('model_state', ckpt['model_state']),) + ((('ema_state', ema['shadow']),) if ema is not None else ()):
+        problem = _weights_problem(state) or _shape_problem(state, expected)
         if problem: raise CheckpointError(f"{source}: {k} {problem}")
     if for_resume:
-        rng = ckpt['rng_state'].get('torch')
-        if not (torch.is_tensor(rng) and rng.dtype == torch.uint8): raise CheckpointError(f"{source}: rng_state holds no generator state")
+        rng = ckpt['rng_state']
+        if not all(_is_generator_state(rng.get(d), d) for d in ('torch',) + (('cuda',) if 'cuda' in rng else ())):
+            raise CheckpointError(f"{source}: rng_state holds no valid generator state")
     return ckpt
 
 # %% ../nbs/91_checkpoint.ipynb #ad3dafda
@@ -148,7 +171,7 @@ def export_for_sampling(src: str | Path, dst: str | Path) -> Path:
 # %% ../nbs/91_checkpoint.ipynb #26642675
 PRETRAINED = {'unconditional': 'fm_mnist_cpu.pt', 'conditional': 'fm_mnist_cpu_cond.pt',
               'few_step': 'fm_mnist_cpu_reflow.pt',     # the unconditional model reflowed: good digits in 1 to 4 Euler steps
-              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model distilled for a single Euler step
+              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model trained further at t = 0 alone, for one Euler step
 
 def pretrained_path(name: str = 'unconditional') -> Path:
     "Where a shipped model lives inside the installed package."
@@ -180,8 +203,8 @@ def load_pretrained(device=None, name: str = 'unconditional') -> FlowMatching:
 
 # %% ../nbs/91_checkpoint.ipynb #a990601a
 def find_latest_checkpoint(results_dir: str | Path) -> Path | None:
-    "The newest checkpoint in `results_dir`: the final one, else the highest epoch; None if there is none."
+    "The newest checkpoint in `results_dir`: the final one or the highest epoch, whichever was written last; None if there is none."
     d = Path(results_dir)
-    if (d / 'checkpoint_final.pt').is_file(): return d / 'checkpoint_final.pt'
     epochs = [(int(m.group(1)), p) for p in d.glob('checkpoint_epoch_*.pt') if (m := re.fullmatch(r'checkpoint_epoch_(\d+)\.pt', p.name))]
-    return max(epochs)[1] if epochs else None
+    found = ([max(epochs)[1]] if epochs else []) + ([d / 'checkpoint_final.pt'] if (d / 'checkpoint_final.pt').is_file() else [])
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == 'checkpoint_final.pt')) if found else None

@@ -196,7 +196,7 @@ def resume_train_state(ckpt: dict, num_images: int, device=None, epochs: int | N
         tc.epochs = epochs
     spe = steps_per_epoch(num_images, tc)
     if spe != ckpt['steps_per_epoch']:
-        raise ValueError(f"{source} was trained with {ckpt['steps_per_epoch']} steps per epoch; these {num_images} images give {spe}")
+        raise CheckpointError(f"{source} was trained with {ckpt['steps_per_epoch']} steps per epoch; these {num_images} images give {spe}")
     state = new_train_state(ckpt['_model_config'], tc, num_images, device, model=build_model(ckpt, source, use_ema=False))
     try:
         state.optimizer.load_state_dict(ckpt['optimizer_state'])
@@ -204,13 +204,13 @@ def resume_train_state(ckpt: dict, num_images: int, device=None, epochs: int | N
         state.scheduler.load_state_dict(ckpt['scheduler_state'])
         if ckpt['scaler_state'] and state.scaler.is_enabled(): state.scaler.load_state_dict(ckpt['scaler_state'])
         if state.ema is not None and ckpt.get('ema_state') is not None: state.ema.load_state_dict(ckpt['ema_state'])
+        torch.set_rng_state(ckpt['rng_state']['torch'])
+        dev = state.flow.device
+        if dev.type == 'cuda' and 'cuda' in ckpt['rng_state']: torch.cuda.set_rng_state(ckpt['rng_state']['cuda'], dev)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{source}: the training state does not fit its model: {' '.join(str(e).split())[:200]}") from None
     state.epoch, state.step, state.losses = ckpt['epoch'], ckpt['step'], ckpt['loss_history'].tolist()
     state.refresh_schedule()
-    torch.set_rng_state(ckpt['rng_state']['torch'])
-    dev = state.flow.device
-    if dev.type == 'cuda' and 'cuda' in ckpt['rng_state']: torch.cuda.set_rng_state(ckpt['rng_state']['cuda'], dev)
     return state
 
 # %% ../nbs/60_training.ipynb #83495ed4

@@ -36,7 +36,11 @@ def bad_variants(good):
         ('absurd size', changed(model_config={**asdict(MC), 'base_channels': 1 << 24}), 'ModelConfig.base_channels'),
         ('absurd depth', changed(model_config={**asdict(MC), 'channel_mults': [1] * 50}), 'ModelConfig.channel_mults'),
         ('impossible training value', changed(train_config={**asdict(TrainConfig()), 'batch_size': -5}), 'TrainConfig.batch_size'),
-        ('weights vs config', changed(model_config={**asdict(MC), 'base_channels': 16}), 'do not match its model config'),
+        ('weights vs config', changed(model_config={**asdict(MC), 'base_channels': 16}), 'match its model config'),
+        ('a weight too many', changed(model_state={**good['model_state'], 'extra.weight': torch.zeros(1)}), 'has unexpected extra.weight'),
+        ('EMA without weights', changed(ema_state={'decay': 0.9, 'num_updates': 3}), "'ema_state' must be"),
+        ('EMA count not a number', changed(ema_state={'decay': 0.9, 'num_updates': 'x', 'shadow': good['model_state']}), "'ema_state' must be"),
+        ('number beyond float', changed(train_config={**asdict(TrainConfig()), 'lr': 10**400}), 'invalid config'),
         ('not tensors', changed(model_state={'conv_in.weight': [1, 2]}), 'other than named tensors'),
         ('NaN weights', changed(model_state=nan), 'non-finite'),
         ('inf EMA weights', inf_ema, 'ema_state has non-finite'),
@@ -84,12 +88,13 @@ def test_a_sampling_export_cannot_resume(trained, tmp_path, mnist_root):
 
 
 def test_resume_checks_the_training_state(trained, tmp_path, mnist_root):
-    ckpt = torch.load(trained / 'checkpoint_final.pt', weights_only=True)
-    ckpt['rng_state'] = {'torch': 'not a state'}
-    path = atomic_save(ckpt, tmp_path / 'rng.pt')
-    rc, _, err = quiet(train_main, ['--resume', str(path), '--epochs', '9', '--data_dir', str(mnist_root), '--no_progress',
-                                    '--results_dir', str(tmp_path / 'r')])
-    assert rc == 1 and 'rng_state' in err
+    for bad in ('not a state', torch.zeros(7, dtype=torch.uint8)):   # not a tensor; a generator state of the wrong size
+        ckpt = torch.load(trained / 'checkpoint_final.pt', weights_only=True)
+        ckpt['rng_state'] = {'torch': bad}
+        path = atomic_save(ckpt, tmp_path / 'rng.pt')
+        rc, _, err = quiet(train_main, ['--resume', str(path), '--epochs', '9', '--data_dir', str(mnist_root), '--no_progress',
+                                        '--results_dir', str(tmp_path / 'r')])
+        assert rc == 1 and 'rng_state' in err and len(err.strip().splitlines()) == 1, err
     ckpt = torch.load(trained / 'checkpoint_final.pt', weights_only=True)
     ckpt['optimizer_state']['param_groups'] = []
     path = atomic_save(ckpt, tmp_path / 'opt.pt')

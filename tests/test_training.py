@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 
-from fm_mnist.checkpoint import read_checkpoint, save_checkpoint
+from fm_mnist.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from fm_mnist.config import ModelConfig, TrainConfig
 from fm_mnist.training import (EMA, epoch_batches, epoch_indices, lr_factor, measure_step_time, new_train_state,
                                plan_steps, resume_train_state, run_steps, steps_per_epoch, train, warmup_length)
@@ -133,7 +133,7 @@ def test_every_steps_calls_back_on_time():
 def test_resume_rejects_other_data_and_budget_extension(tmp_path):
     st = train(new_train_state(TINY_MODEL, replace(TINY_TRAIN, max_steps=4), len(IMAGES), device='cpu'), IMAGES, progress=False)
     ckpt = read_checkpoint(save_checkpoint(st.checkpoint(), tmp_path / 'c.pt'), for_resume=True)
-    with pytest.raises(ValueError, match='steps per epoch'): resume_train_state(ckpt, 40, device='cpu')
+    with pytest.raises(CheckpointError, match='steps per epoch'): resume_train_state(ckpt, 40, device='cpu')
     with pytest.raises(ValueError, match='time-budgeted'): resume_train_state(ckpt, len(IMAGES), device='cpu', epochs=5)
 
 

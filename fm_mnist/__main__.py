@@ -9,17 +9,23 @@ import sys
 from .cli import train_main, generate_main, evaluate_main
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main']
+__all__ = ['COMMANDS', 'WHAT', 'main']
 
 # %% ../nbs/96_main.ipynb #63b24a6e
 COMMANDS = {'train': train_main, 'generate': generate_main, 'evaluate': evaluate_main}
+WHAT = {'train': 'train a model and write checkpoints and sample grids (fm-train, train_main.py)',
+        'generate': 'draw digits from a checkpoint or a shipped model (fm-generate, generate_samples.py)',
+        'evaluate': 'score samples: FID, confidence, class coverage, memorisation (fm-evaluate)'}
 
 def main(argv=None) -> int:
     "`python -m fm_mnist COMMAND [flags]`: run one of the command-line tools; returns its exit code."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m fm_mnist {{{','.join(COMMANDS)}}} [flags]  (--help after a command lists its flags)", file=sys.stderr)
-        return 0 if argv[:1] in (['-h'], ['--help']) else 2
+        asked = argv[:1] in (['-h'], ['--help'])
+        usage = f"usage: python -m fm_mnist {{{','.join(COMMANDS)}}} [flags]  (--help after a command lists its flags)"
+        print('\n'.join([usage, ''] + [f'  {k:<9} {v}' for k, v in WHAT.items()]) if asked else usage,
+              file=sys.stdout if asked else sys.stderr)   # help asked for goes to stdout; a usage error to stderr
+        return 0 if asked else 2
     return COMMANDS[argv[0]](argv[1:])
 
 if __name__ == '__main__' and '__file__' in globals():  # run by `python -m fm_mnist`, not by this notebook

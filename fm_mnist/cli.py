@@ -100,7 +100,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser, steps_help: str = 'solver st
     p.add_argument('--num_steps', type=positive(), default=sc.num_steps, help=steps_help)
     p.add_argument('--solver', choices=list(_all_solvers()),
                    help=f'ODE solver, NFE per step: {per_step}; dopri5 adaptive (with --rtol, --atol); meanflow is the jump '
-                        f'of few-step models (default: {sc.solver}, or meanflow for a few-step model)')
+                        f'of MeanFlow models (default: {sc.solver}, or meanflow for a MeanFlow model; a reflowed few-step '
+                        f'model samples with euler and --num_steps 1 to 4)')
     p.add_argument('--rtol', type=positive(float), default=sc.rtol, help='dopri5 relative tolerance')
     p.add_argument('--atol', type=positive(float), default=sc.atol, help='dopri5 absolute tolerance')
     p.add_argument('--guidance_scale', type=float,
@@ -115,7 +116,7 @@ def _sampling_for(flow, args) -> dict:
     "The sampling keywords for `flow`; a solver or guidance this kind of model cannot use is a usage error."
     solver = args.solver or flow.default_solver or SampleConfig.solver
     try: check_solver(solver, flow.own_solvers)
-    except ValueError: raise UsageError(f'--solver {solver} is for few-step models; this model samples with '
+    except ValueError: raise UsageError(f'--solver {solver} is for MeanFlow models; this model samples with '
                                         f'{", ".join(SOLVERS)}') from None
     try: flow.check_sampling(solver, args.guidance_scale)
     except ValueError as e: raise UsageError(str(e)) from None
@@ -141,12 +142,13 @@ def train_parser() -> argparse.ArgumentParser:
                 formatter_class=_Help)
     pc, sc, tc = PathConfig(), SampleConfig(), TrainConfig()
     presets = ', '.join(f'{k}: {v[1].minutes:g} min' if v[1].minutes else f'{k}: {v[1].epochs} epochs' for k, v in PRESETS.items())
-    p.add_argument('--preset', choices=['auto', *PRESETS], default='auto',
-                   help=f'recipe ({presets}); auto: gpu with CUDA, else cpu for 30 minutes (see the config notebook)')
+    p.add_argument('--preset', choices=['auto', *PRESETS],
+                   help=f'recipe ({presets}); auto, the default: gpu with CUDA, else cpu for 30 minutes (see the config notebook)')
     length = p.add_mutually_exclusive_group()
     length.add_argument('--epochs', type=positive(), help="epochs to train (default: the recipe's)")
     length.add_argument('--minutes', type=positive(float), help='train for this wall-clock budget instead of a number of epochs')
-    p.add_argument('--batch_size', type=positive(), help=f"images per step, over all processes (default: the recipe's, {tc.batch_size})")
+    p.add_argument('--batch_size', type=positive(), help="images per step, over all processes (default: the recipe's: " +
+                        ', '.join(f'{k} {v[1].batch_size}' for k, v in PRESETS.items()) + ')')
     p.add_argument('--lr', type=positive(float), help="peak learning rate (default: the recipe's)")
     p.add_argument('--sample_every', type=positive(), default=pc.sample_every, help='epochs between sample grids')
     p.add_argument('--sample_every_steps', type=positive(),
@@ -178,7 +180,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, TrainConfig, str, dict | None]:
     "`(recipe, model config, train config, why, init checkpoint)`: the recipe's configs with the flags given on top."
-    recipe, mc, tc, why = resolve_preset(args.preset, device.type)
+    recipe, mc, tc, why = resolve_preset(args.preset or 'auto', device.type)
     init = None
     if args.init_from:
         for flag in ('base_channels', 'time_emb_dim'):
@@ -195,8 +197,8 @@ def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, Tr
         tc = replace(tc, **given)
         if tc.objective == 'meanflow': mc = replace(mc, interval=True)
     except ValueError as e:
-        m = re.match(r'\w+Config\.(\w+) ', str(e))
-        raise UsageError(f'--{m.group(1)}: {e}' if m else str(e)) from None
+        m = re.match(r'\w+Config\.(\w+) ', str(e))             # name the flag, where the field has one
+        raise UsageError(f'--{m.group(1)}: {e}' if m and m.group(1) in _RECIPE_FLAGS else str(e)) from None
     return recipe, mc, tc, why, init
 
 def _recipe_line(recipe: str, tc: TrainConfig) -> str:
@@ -236,7 +238,7 @@ def _train(args):
     _check_sampling_flags(args)
     device = _device(args.device)
     if args.resume:
-        clash = [f'--{k}' for k in (*_RECIPE_FLAGS, 'init_from') if k not in ('epochs', 'channels_last') and getattr(args, k) is not None]
+        clash = [f'--{k}' for k in (*_RECIPE_FLAGS, 'init_from', 'preset') if k not in ('epochs', 'channels_last') and getattr(args, k) is not None]
         clash += ['--conditional'] * args.conditional
         if clash: raise UsageError(f'{", ".join(clash)} cannot be changed when resuming (the checkpoint holds the recipe); '
                                    f'--epochs may extend it')
@@ -282,6 +284,8 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
         epochs = tc.minutes * 60 / step_s / state.steps_per_epoch
         grids = (PathConfig().grids_per_run if args.sample_every_steps is None else 0) + epochs // args.sample_every + 1
         spare = tc.minutes * 60 - (time.perf_counter() - start) - grids * grid_s
+        if args.sample_every_steps:                       # a grid every k steps: each step also pays a k-th of a grid
+            spare *= step_s / (step_s + grid_s / args.sample_every_steps)
         if spare < 10 * step_s: raise UsageError(f'--minutes {tc.minutes:g} leaves no time to train here '
                                                  f'({step_s:.2f} s per step, {grid_s:.1f} s per sample grid)')
         plan_steps(state, spare, step_s)

@@ -211,6 +211,8 @@ def test_console_scripts_and_seed_scripts_run():
         assert rc == 0 and '--device' in out, err
     rc, out, err = run([sys.executable, '-m', 'fm_mnist', 'generate', '--num_steps', '0'])
     one_line_error(rc, err, 2)
+    rc, out, err = run([sys.executable, '-m', 'fm_mnist', '--help'])
+    assert rc == 0 and all(c in out for c in ('train', 'generate', 'evaluate')) and not err, err
 
 
 @pytest.mark.parametrize('argv', [['--epochs', '0'], ['--epochs', '-1'], ['--batch_size', '0'], ['--lr', 'nan'],
@@ -223,8 +225,15 @@ def test_invalid_training_flags(argv, tmp_path):
 
 
 def test_recipe_flags_cannot_change_on_resume(trained, tmp_path):
-    rc, _, err = quiet(train_main, ['--resume', '--results_dir', str(trained), '--lr', '0.1', '--no_progress'])
-    assert 'cannot be changed when resuming' in one_line_error(rc, err, 2)
+    for flag in (['--lr', '0.1'], ['--preset', 'quick']):
+        rc, _, err = quiet(train_main, ['--resume', '--results_dir', str(trained), *flag, '--no_progress'])
+        assert f'{flag[0]} cannot be changed when resuming' in one_line_error(rc, err, 2)
+
+
+def test_a_config_error_names_only_flags_that_exist(tmp_path):
+    rc, _, err = quiet(train_main, ['--base_channels', '1000', '--results_dir', str(tmp_path / 'r'), '--no_progress'])
+    msg = one_line_error(rc, err, 2)
+    assert 'channel_mults' in msg and '--channel_mults' not in msg   # a limit on a field that has no flag of its own
 
 
 @pytest.mark.parametrize('argv', [['--num_samples', '0'], ['--num_steps', '-5'], ['--batch_size', '0'],

@@ -145,19 +145,19 @@ class Evaluator:
         self._floors = {}
 
     def fid(self, images: torch.Tensor) -> float:
-        "FID of `images` against the MNIST test set, in the classifier's feature space."
-        feats, _ = classifier_outputs(images, self.classifier, self.batch_size)
+        "FID of `images` against the MNIST test set, in the classifier's feature space (images clipped to [-1, 1], as `evaluate` does)."
+        feats, _ = classifier_outputs(images.float().clamp(-1, 1), self.classifier, self.batch_size)
         return frechet_distance(*feature_stats(feats), *self.test_stats)
 
     def floor(self, n: int, seed: int = 0) -> dict:
         "The real-data floor at `n`: FID of `n` random training digits, and nearest-train distance of `n` test digits."
-        if n not in self._floors:
+        if (n, seed) not in self._floors:
             g = torch.Generator().manual_seed(seed)
             real = self.x_train[torch.randperm(len(self.x_train), generator=g)[:n]]
             test = self.x_test[torch.randperm(len(self.x_test), generator=g)[:min(n, len(self.x_test))]]
-            self._floors[n] = {'fid_floor': self.fid(real),
+            self._floors[n, seed] = {'fid_floor': self.fid(real),
                                'nn_distance_test_digits': nearest_distance(test, self.x_train_on_device, self.batch_size).mean().item()}
-        return self._floors[n]
+        return self._floors[n, seed]
 
     def evaluate(self, images: torch.Tensor, floor: bool = True, labels: torch.Tensor | None = None) -> dict:
         "All metrics for `images` `(N, 1, 28, 28)` in [-1, 1]; with the requested `labels` `(N,)`, also how often the classifier agrees."

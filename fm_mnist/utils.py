@@ -24,7 +24,9 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
         return torch.device('cpu')
     try: dev = torch.device(device)
-    except (RuntimeError, TypeError) as e: raise ValueError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from None
+    except (RuntimeError, TypeError) as e: dev = None
+    if dev is None or dev.type not in ('cpu', 'cuda', 'mps') or (dev.type != 'cuda' and dev.index not in (None, 0)):
+        raise ValueError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     if dev.type == 'cuda':
         if not torch.cuda.is_available(): raise ValueError(f"Device {str(dev)!r} was requested but CUDA is not available on this machine.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -66,7 +68,8 @@ def visualize_samples(samples: torch.Tensor, save_path: str | Path | None = None
     "Arrange `samples` `(N, 1, 28, 28)` in a grid; save it as a PNG if `save_path` is given; show it inline in a notebook."
     grid = make_image_grid(samples, nrow=nrow)
     if save_path is not None: _save_png(grid, save_path)
-    if show if show is not None else _in_notebook():
+    if show is None: show = _in_notebook()
+    if show:
         import matplotlib.pyplot as plt
         h, w = grid.shape
         fig, ax = plt.subplots(figsize=(min(12, w / 40), min(12, h / 40)))
@@ -101,16 +104,19 @@ class SampleArrayWriter:
 
     def write(self, samples: torch.Tensor):
         "Append a batch `(b, 1, 28, 28)`, clipped to [-1, 1]."
-        b = samples.shape[0]
+        b, n = samples.shape[0], len(self.array)
+        if self.count + b > n: raise ValueError(f"{self.path}: {self.count + b} samples written, more than the {n} announced")
         self.array[self.count:self.count + b] = torch.as_tensor(samples).detach().float().cpu().clamp(-1, 1).numpy()
         self.count += b
 
     def __enter__(self): return self
 
     def __exit__(self, exc_type, *_):
+        n = len(self.array)
         self.array.flush(); del self.array
-        if exc_type is None and self.count == len(np.load(self.tmp, mmap_mode='r')): os.replace(self.tmp, self.path)
-        else: self.tmp.unlink(missing_ok=True)  # an incomplete array is never left under the final name
+        if exc_type is None and self.count == n: os.replace(self.tmp, self.path); return False
+        self.tmp.unlink(missing_ok=True)  # an incomplete array is never left under the final name
+        if exc_type is None: raise ValueError(f"{self.path}: {self.count} of the {n} announced samples written; no file saved")
         return False
 
 # %% ../nbs/90_utils.ipynb #a2ea65fa

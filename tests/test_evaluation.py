@@ -43,6 +43,7 @@ def test_real_against_real_is_the_floor(ev):
     real = ev.x_train[torch.randperm(len(ev.x_train), generator=g)[:N]]
     assert ev.fid(real) == pytest.approx(ev.floor(N)['fid_floor'])
     assert 0 < ev.floor(N)['fid_floor'] < 30  # positive: FID is biased upwards at finite N
+    assert ev.floor(N, seed=1)['fid_floor'] != ev.floor(N)['fid_floor']   # another draw of real digits: another floor
 
 
 def test_degraded_digits_score_much_worse(ev):

@@ -13,8 +13,8 @@ __all__ = ['norm_groups', 'ResidualBlock']
 
 # %% ../nbs/30_residual_blocks.ipynb #e2445fbe
 def norm_groups(channels: int, max_groups: int = 8) -> int:
-    "The largest number of groups <= `max_groups` that divides `channels`."
-    g = min(max_groups, channels)
+    "The largest number of groups <= `max_groups` that divides `channels` with at least two channels in each (one group for one channel)."
+    g = min(max_groups, max(1, channels // 2))
     while channels % g: g -= 1
     return g
 

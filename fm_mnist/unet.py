@@ -74,7 +74,7 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, chs[0], 3, padding=1)
         block = lambda cin, cout: ResidualBlock(cin, cout, time_emb_dim, dropout)
 
-        # down path: at each level, residual blocks (their output is saved as a skip), then downsample
+        # down path: at each level, residual blocks (the last one's output is saved as the level's skip), then downsample
         self.down, self.downsample, prev = nn.ModuleList(), nn.ModuleList(), chs[0]
         for i, ch in enumerate(chs):
             self.down.append(nn.ModuleList([block(prev if j == 0 else ch, ch) for j in range(num_res_blocks)]))
@@ -105,8 +105,8 @@ class UNet(nn.Module):
             t_emb = t_emb + self.class_embedding(y)
         elif y is not None: raise ValueError("this UNet is unconditional (num_classes=None): it takes no labels")
         if self.interval_embedding is not None:             # r: the other end of the interval; None means r = t
-            h = torch.zeros_like(t) if r is None else torch.as_tensor(r, dtype=t.dtype, device=x.device) - t
-            t_emb = t_emb + self.interval_embedding(h.expand_as(t))
+            dt = torch.zeros_like(t) if r is None else torch.as_tensor(r, dtype=t.dtype, device=x.device) - t
+            t_emb = t_emb + self.interval_embedding(dt.expand_as(t))
         elif r is not None: raise ValueError("this UNet takes no second time r (it was built with interval=False)")
         h, skips = self.conv_in(x), []
         for blocks, down in zip(self.down, self.downsample):

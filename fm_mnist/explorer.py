@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import torch
 
+from .config import SampleConfig
 from .flow_matching import FlowMatching
 from .sampler import SOLVERS, cycle_labels
 from .utils import make_image_grid
@@ -34,7 +35,7 @@ def show_generation(flow: FlowMatching, digit: int | None = None, guidance_scale
     a1.imshow(make_image_grid(samples, nrow=10), cmap='gray')  # all digits: one digit per column
     what = ''
     if flow.num_classes is not None:
-        w = next(v for v in (guidance_scale, flow.default_guidance_scale, 1.5) if v is not None)
+        w = next(v for v in (guidance_scale, flow.default_guidance_scale, SampleConfig.guidance_scale) if v is not None)
         what = ('digits 0-9' if digit is None else f'digit {digit}') + f', guidance {w:g}, '
     a1.set_title(f'{what}{solver or flow.default_solver or "euler"}, {nfe} NFE, seed {seed}', fontsize=10)
     a2.imshow(make_image_grid(strip, nrow=len(frames)), cmap='gray')

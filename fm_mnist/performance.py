@@ -48,9 +48,11 @@ def tune_cpu_allocator() -> bool:
     if not sys.platform.startswith('linux'): return False
     try: libc = ctypes.CDLL('libc.so.6')
     except OSError: return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    return all(libc.mallopt(opt, val) == 1 for opt, val in
-               ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)))
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3        # mallopt's parameter numbers (glibc's malloc.h)
+    settings = ((M_MMAP_THRESHOLD, 32 << 20),   # blocks under 32 MiB (glibc's largest allowed threshold) come from the heap
+                (M_TRIM_THRESHOLD, 1 << 30),    # keep up to 1 GiB of freed heap instead of returning it to the kernel
+                (M_TOP_PAD, 256 << 20))         # grow the heap 256 MiB at a time
+    return all([libc.mallopt(opt, val) == 1 for opt, val in settings])   # a list: every setting is applied
 
 # %% ../nbs/92_performance.ipynb #8fa9d17c
 class PeerFailure(RuntimeError):

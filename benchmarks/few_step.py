@@ -1,11 +1,18 @@
 """Few-step models against their teacher: MeanFlow fine-tuning and reflow, at equal CPU time.
 
-    # the shipped few-step model, in two stages: 20 minutes of reflow, then 30 more with times on the Euler grid
+    # the shipped few-step models, in four stages: 20 minutes of reflow, 30 more with times on the Euler grid, 15 at t = 0
+    # alone (the one-step model), 20 jumping at t = 0 and refining like the teacher elsewhere (the few-step model);
+    # results/*.json of the same name hold the teacher's rows that --keep keeps (see the results page)
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow --name few_step_current_teacher \\
         --save_reflow stage1.pt
-    cp benchmarks/results/few_step_current_teacher.json benchmarks/results/few_step_reflow_grid.json   # (keeps the teacher's rows)
     python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow --reflow_from stage1.pt \\
-        --pair_seed 2 --grid_share 0.75 --name few_step_reflow_grid --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_reflow.pt
+        --pair_seed 2 --grid_share 0.75 --name few_step_reflow_grid --keep --save_reflow stage2.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_from stage2.pt \\
+        --reflow_pairs 12000 --pair_seed 3 --grid_times 0 --grid_share 1 --name few_step_one_step --keep \\
+        --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow \\
+        --reflow_from fm_mnist/assets/fm_mnist_cpu_one_step.pt --reflow_pairs 12000 --pair_seed 7 --teacher_targets --grid_share 1 \\
+        --grid_times 0,0,0,0.25,0.5,0.75 --name few_step_teacher_targets --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
@@ -19,7 +26,9 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   --grid_share, that share of the training times is drawn from the times that 1, 2 and 4 Euler steps evaluate
   (0, 1/4, 1/2, 3/4: the library's `EULER_GRID`, `TrainConfig.grid_share`): train where the sampler asks. With
   --grid_times 0 --grid_share 1 every training time is t = 0, the only time one Euler step evaluates: a one-step
-  distillation of the pairs, which gives up some of the model's 2- and 4-step quality for its 1-step quality.
+  distillation of the pairs, which gives up some of the model's 2- and 4-step quality for its 1-step quality. With
+  --teacher_targets every time but t = 0 regresses on the teacher's velocity at the pair's straight-line point instead
+  of the pair's displacement: one network that jumps at t = 0 and refines like the teacher after it.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
 teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a
@@ -31,11 +40,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from common import add_common_flags, hardware, setup, write
 from fm_mnist.checkpoint import PRETRAINED, build_model, checkpoint_path, export_for_sampling, read_checkpoint, save_checkpoint, load_flow
 from fm_mnist.config import TIME_SAMPLINGS, TrainConfig
-from fm_mnist.flow_matching import EULER_GRID
+from fm_mnist.flow_matching import EULER_GRID, FlowMatching
 from fm_mnist.data import load_mnist_tensors
 from fm_mnist.evaluation import Evaluator
 from fm_mnist.meanflow import reflow_pairs
@@ -91,6 +101,24 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
                               'checkpoint': str(path)}
 
 
+class TeacherTargets(FlowMatching):
+    """Flow matching on fixed (noise, teacher sample) pairs whose target is the pair's displacement x1 - x0 at t = 0, where
+    one Euler step jumps, and the teacher's own velocity at the pair's straight-line point at every other time: one
+    network that jumps like a one-step model and then refines like its teacher (unconditional models)."""
+    def __init__(self, flow: FlowMatching, teacher: FlowMatching):
+        self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
+        self.teacher = teacher
+
+    def loss(self, x1, x0=None, t=None, y=None):
+        x1 = x1.to(self.device)
+        x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)   # the speed measurement comes without pairs
+        t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
+        xt = self.interpolate(x0, x1, t)
+        with torch.no_grad(): v_teacher = self.teacher.model(xt, t)
+        target = torch.where((t == 0).view(-1, *[1] * (x1.ndim - 1)), self.target_velocity(x0, x1), v_teacher)
+        return F.mse_loss(self.model(xt, t), target)
+
+
 def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args, device, out_dir):
     start = time.perf_counter()
     n = args.reflow_pairs
@@ -106,6 +134,7 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
                  grid_share=args.grid_share, grid_times=args.grid_times, lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
                  warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
+    if args.teacher_targets: state.flow = TeacherTargets(state.flow, teacher)
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
@@ -151,6 +180,9 @@ def main(argv=None):
     p.add_argument('--reflow_from', help='reflow: start from this model (an earlier reflow) instead of the teacher; the cost '
                    'line then counts this stage only')
     p.add_argument('--pair_seed', type=int, help='reflow: seed of the pairs\' noise (default: --seed + 1)')
+    p.add_argument('--teacher_targets', action='store_true', help='reflow: train every time but t = 0 on the teacher\'s '
+                   'velocity at the pair\'s straight-line point instead of the pair\'s displacement (unconditional teachers): '
+                   'a one-step jump, then the teacher\'s refinement, in one network')
     p.add_argument('--work', default='benchmarks/.cache/few_step', help='where the trained models are kept')
     p.add_argument('--save_meanflow', help='export the MeanFlow model for sampling to this path')
     p.add_argument('--save_reflow', help='export the reflowed model for sampling to this path')
@@ -160,12 +192,14 @@ def main(argv=None):
     p.add_argument('--progress', action='store_true')
     args = p.parse_args(argv)
     if not 0 <= args.grid_share <= 1: p.error(f'--grid_share must be in [0, 1], got {args.grid_share}')
+    if args.teacher_targets and 'reflow' not in args.methods: p.error('--teacher_targets is a setting of --methods reflow')
     device = setup(args)
     work = Path(args.work); work.mkdir(parents=True, exist_ok=True)
     source = str(checkpoint_path(args.teacher))
     ckpt = read_checkpoint(source)
     start_ckpt = read_checkpoint(args.reflow_from) if args.reflow_from else None   # read now: a bad path fails before any work
     teacher = load_flow(source, device)
+    if args.teacher_targets and teacher.num_classes is not None: p.error('--teacher_targets needs an unconditional teacher')
     images, labels = load_mnist_tensors(args.data_dir, train=True)
     ev = Evaluator(args.data_dir, device=device)
     n = args.num_samples
@@ -193,7 +227,8 @@ def main(argv=None):
         costs['reflow'] = (f"{facts['minutes']:.1f} min: {facts['pairs']} teacher pairs in {facts['pair_minutes']:.1f} min, "
                            f"then {facts['steps']} steps" + (f" from {args.reflow_from}" if args.reflow_from else '')
                            + (f", {args.grid_share:g} of the times on " + ('the Euler grid' if args.grid_times == EULER_GRID else
-                              f"t = {', '.join(f'{g:g}' for g in args.grid_times)}") if args.grid_share else ''))
+                              f"t = {', '.join(f'{g:g}' for g in args.grid_times)}") if args.grid_share else '')
+                           + (", the teacher's velocity as the target at t > 0" if args.teacher_targets else ''))
         for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)

@@ -148,6 +148,30 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert p.returncode == 2 and '--grid_share must be in [0, 1]' in p.stderr
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--grid_times', '0,2'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and 'times must be in [0, 1]' in p.stderr
+    # a stage whose targets away from t = 0 are the teacher's velocity
+    bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--teacher_targets', '--grid_share', '1',
+          '--grid_times', '0,0,0,0.25,0.5,0.75', '--keep')
+    assert "the teacher's velocity as the target" in json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
+
+
+def test_teacher_targets_are_the_pair_at_t_0_and_the_teacher_elsewhere():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from few_step import TeacherTargets
+    from fm_mnist.flow_matching import FlowMatching
+    from fm_mnist.unet import UNet
+    torch.manual_seed(0)
+    student, teacher = (FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu') for _ in range(2))
+    with torch.no_grad():
+        for net in (student.model, teacher.model):
+            for w in net.parameters(): w.normal_(std=0.05)    # no zero-initialised outputs: the two nets differ
+    flow = TeacherTargets(student, teacher)
+    x1, x0 = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)
+    for t in (0.0, 0.5):
+        tt = torch.full((4,), t)
+        xt = flow.interpolate(x0, x1, tt)
+        with torch.no_grad():
+            target = x1 - x0 if t == 0 else teacher.model(xt, tt)
+            assert torch.allclose(flow.loss(x1, x0=x0, t=tt), F.mse_loss(student.model(xt, tt), target))
 
 
 @pytest.mark.slow

@@ -103,18 +103,20 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
 
 class TeacherTargets(FlowMatching):
     """Flow matching on fixed (noise, teacher sample) pairs whose target is the pair's displacement x1 - x0 at t = 0, where
-    one Euler step jumps, and the teacher's own velocity at the pair's straight-line point at every other time: one
-    network that jumps like a one-step model and then refines like its teacher (unconditional models)."""
+    one Euler step jumps, and the teacher's own velocity at the pair's straight-line point at every other training time
+    (with --grid_share 1, the grid's other points): one network that jumps like a one-step model and then refines like its
+    teacher (unconditional models)."""
     def __init__(self, flow: FlowMatching, teacher: FlowMatching):
         self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
         self.teacher = teacher
+        teacher.model.eval().requires_grad_(False)   # fixed targets: no dropout noise, no gradients
 
     def loss(self, x1, x0=None, t=None, y=None):
         x1 = x1.to(self.device)
         x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)   # the speed measurement comes without pairs
         t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
         xt = self.interpolate(x0, x1, t)
-        with torch.no_grad(): v_teacher = self.teacher.model(xt, t)
+        with torch.no_grad(): v_teacher = self.teacher.model(xt, t).float()
         target = torch.where((t == 0).view(-1, *[1] * (x1.ndim - 1)), self.target_velocity(x0, x1), v_teacher)
         return F.mse_loss(self.model(xt, t), target)
 
@@ -193,6 +195,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.grid_share <= 1: p.error(f'--grid_share must be in [0, 1], got {args.grid_share}')
     if args.teacher_targets and 'reflow' not in args.methods: p.error('--teacher_targets is a setting of --methods reflow')
+    if args.teacher_targets and not (args.grid_share > 0 and 0 in args.grid_times):
+        p.error('--teacher_targets learns the jump at t = 0 only: give --grid_share > 0 and a --grid_times that includes 0')
     device = setup(args)
     work = Path(args.work); work.mkdir(parents=True, exist_ok=True)
     source = str(checkpoint_path(args.teacher))
@@ -241,7 +245,8 @@ def main(argv=None):
     teacher_name = old['meta']['teacher'] if old else f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
-                     'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from},
+                     'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from,
+                     'teacher_targets': args.teacher_targets},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))
     print(markdown(data))

@@ -101,7 +101,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser, steps_help: str = 'solver st
     p.add_argument('--solver', choices=list(_all_solvers()),
                    help=f'ODE solver, NFE per step: {per_step}; dopri5 adaptive (with --rtol, --atol); meanflow is the jump '
                         f'of MeanFlow models (default: {sc.solver}, or meanflow for a MeanFlow model; a reflowed few-step '
-                        f'model samples with euler and --num_steps 1 to 4)')
+                        f'model samples with euler and --num_steps 1, 2 or 4)')
     p.add_argument('--rtol', type=positive(float), default=sc.rtol, help='dopri5 relative tolerance')
     p.add_argument('--atol', type=positive(float), default=sc.atol, help='dopri5 absolute tolerance')
     p.add_argument('--guidance_scale', type=float,

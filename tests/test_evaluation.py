@@ -152,6 +152,18 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--teacher_targets', '--grid_share', '1',
           '--grid_times', '0,0,0,0.25,0.5,0.75', '--keep')
     assert "the teacher's velocity as the target" in json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
+    p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--teacher_targets'], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and 'jump at t = 0 only' in p.stderr   # without grid times at 0 nothing would learn the jump
+
+
+@pytest.mark.slow
+def test_jump_refine_benchmark_smoke(tmp_path, mnist_root):
+    bench('benchmarks/jump_refine.py', '--taus', '0.5', '--teacher_steps', '1,2', '--num_samples', '40', '--device', 'cpu',
+          '--data_dir', str(mnist_root), '--out', str(tmp_path))
+    res = json.loads((tmp_path / 'jump_refine.json').read_text())
+    assert [(r['tau'], r['nfe']) for r in res['rows']] == [(0.5, 2), (0.5, 3)]
+    p = subprocess.run([sys.executable, 'benchmarks/jump_refine.py', '--taus', '1.5'], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and '--taus must be in (0, 1)' in p.stderr
 
 
 def test_teacher_targets_are_the_pair_at_t_0_and_the_teacher_elsewhere():

@@ -25,6 +25,18 @@ def add_common_flags(p: argparse.ArgumentParser, model: bool = True, num_samples
     p.add_argument('--out', default='benchmarks/results', help='where the JSON, markdown and plots go')
 
 
+def comma_list(kind=float, lo: float | None = None, hi: float | None = None, what: str = 'values'):
+    "argparse type: comma-separated numbers of `kind`, each in [lo, hi] where given, as a tuple."
+    def parse(s: str) -> tuple:
+        try: xs = tuple(kind(x) for x in s.split(','))
+        except ValueError: raise argparse.ArgumentTypeError(f'expected comma-separated {kind.__name__}s, got {s!r}') from None
+        if not all((lo is None or x >= lo) and (hi is None or x <= hi) for x in xs):
+            bound = f'in [{lo}, {hi}]' if lo is not None and hi is not None else f'at least {lo}' if lo is not None else f'at most {hi}'
+            raise argparse.ArgumentTypeError(f'{what} must be {bound}, got {s!r}')
+        return xs
+    return parse
+
+
 def setup(args) -> torch.device:
     "Process-wide settings every benchmark uses (the allocator setting of the scripts) and the device."
     tune_cpu_allocator()

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import add_common_flags, hardware, setup, write
+from common import add_common_flags, comma_list, hardware, setup, write
 from fm_mnist.checkpoint import PRETRAINED, build_model, checkpoint_path, export_for_sampling, read_checkpoint, save_checkpoint, load_flow
 from fm_mnist.config import TIME_SAMPLINGS, TrainConfig
 from fm_mnist.flow_matching import EULER_GRID, FlowMatching
@@ -51,14 +51,6 @@ from fm_mnist.evaluation import Evaluator
 from fm_mnist.meanflow import reflow_pairs
 from fm_mnist.sampler import cycle_labels
 from fm_mnist.training import measure_step_time, new_train_state, plan_steps, train
-
-
-def times(s: str) -> tuple:
-    "argparse type: comma-separated times in [0, 1]."
-    try: ts = tuple(float(x) for x in s.split(','))
-    except ValueError: raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {s!r}') from None
-    if not all(0 <= t <= 1 for t in ts): raise argparse.ArgumentTypeError(f'times must be in [0, 1], got {s!r}')
-    return ts
 
 
 def score(flow, ev, n, seed, **kw):
@@ -177,7 +169,7 @@ def main(argv=None):
                    'one-step jump starts at t = 0, which logit-normal times (a teacher\'s own default) rarely sample')
     p.add_argument('--grid_share', type=float, default=0.0, help='reflow: share of training times drawn from the points that 1, 2 '
                    'and 4 Euler steps evaluate (0, 1/4, 1/2, 3/4; 0 twice as often); the rest follow --reflow_times')
-    p.add_argument('--grid_times', type=times, default=EULER_GRID, help='reflow: the times --grid_share draws from, comma-separated '
+    p.add_argument('--grid_times', type=comma_list(float, 0, 1, 'times'), default=EULER_GRID, help='reflow: the times --grid_share draws from, comma-separated '
                    '(default: those of 1, 2 and 4 Euler steps; 0: one step only)')
     p.add_argument('--reflow_from', help='reflow: start from this model (an earlier reflow) instead of the teacher; the cost '
                    'line then counts this stage only')

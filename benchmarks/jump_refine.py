@@ -13,14 +13,9 @@ import argparse, sys
 
 import torch
 
-from common import add_common_flags, hardware, setup, write
+from common import add_common_flags, comma_list, hardware, setup, write
 from fm_mnist.checkpoint import load_flow
 from fm_mnist.evaluation import Evaluator
-
-
-def floats(s: str) -> tuple:
-    try: return tuple(float(x) for x in s.split(','))
-    except ValueError: raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {s!r}') from None
 
 
 @torch.inference_mode()
@@ -43,19 +38,18 @@ def main(argv=None):
     add_common_flags(p, model=False, num_samples=2000)
     p.add_argument('--jumper', default='one_step', help='the model whose one Euler step jumps (a shipped name or a checkpoint)')
     p.add_argument('--teacher', default='unconditional', help='the model that refines (a shipped name or a checkpoint)')
-    p.add_argument('--taus', type=floats, default=(0.2, 0.3, 0.4, 0.5, 0.6))
-    p.add_argument('--teacher_steps', type=floats, default=(1,), help='numbers of teacher steps, comma-separated')
+    p.add_argument('--taus', type=comma_list(float), default=(0.2, 0.3, 0.4, 0.5, 0.6), help='times the jump reaches, in (0, 1)')
+    p.add_argument('--teacher_steps', type=comma_list(int, 1, what='teacher steps'), default=(1,), help='numbers of teacher steps, comma-separated')
     p.add_argument('--name', default='jump_refine')
     args = p.parse_args(argv)
     if not all(0 < t < 1 for t in args.taus): p.error(f'--taus must be in (0, 1), got {args.taus}')
-    if not all(k >= 1 and k == int(k) for k in args.teacher_steps): p.error('--teacher_steps must be positive integers')
     device = setup(args)
     jumper, teacher = load_flow(args.jumper, device), load_flow(args.teacher, device)
     if jumper.num_classes is not None or teacher.num_classes is not None: p.error('both models must be unconditional')
     ev = Evaluator(args.data_dir, device=device)
     x0 = torch.randn(args.num_samples, *teacher.image_shape, generator=torch.Generator().manual_seed(args.seed))
     rows = []
-    for k in map(int, args.teacher_steps):
+    for k in args.teacher_steps:
         for tau in args.taus:
             r = ev.evaluate(jump_then_refine(jumper, teacher, x0, tau, k), floor=False)
             rows.append({'tau': tau, 'teacher_steps': k, 'nfe': 1 + k, **{m: r[m] for m in ('fid', 'confidence', 'class_tv_from_uniform')}})

@@ -1,8 +1,7 @@
-"""Few-step models against their teacher: MeanFlow fine-tuning and reflow, at equal CPU time.
+"""Few-step models against their teacher: MeanFlow fine-tuning, reflow and a distilled flow map, at equal CPU time.
 
-    # the shipped few-step models, in four stages: 20 minutes of reflow, 30 more with times on the Euler grid, 15 at t = 0
-    # alone (the one-step model), 20 jumping at t = 0 and refining like the teacher elsewhere (the few-step model);
-    # results/*.json of the same name hold the teacher's rows that --keep keeps (see the results page)
+    # the shipped one-step model, in three stages: 20 minutes of reflow, 30 more with times on the Euler grid, 15 at t = 0
+    # alone; results/*.json of the same name hold the teacher's rows that --keep keeps (see the results page)
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow --name few_step_current_teacher \\
         --save_reflow stage1.pt
     python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow --reflow_from stage1.pt \\
@@ -10,13 +9,19 @@
     python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_from stage2.pt \\
         --reflow_pairs 12000 --pair_seed 3 --grid_times 0 --grid_share 1 --name few_step_one_step --keep \\
         --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
-    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow \\
-        --reflow_from fm_mnist/assets/fm_mnist_cpu_one_step.pt --reflow_pairs 12000 --pair_seed 7 --teacher_targets --grid_share 1 \\
-        --grid_times 0,0,0,0.25,0.5,0.75 --name few_step_teacher_targets --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
+    # the shipped few-step model, in one stage from the teacher: 55 minutes jumping at t = 0 and refining like the teacher
+    # elsewhere
+    python benchmarks/few_step.py --teacher unconditional --minutes 55 --batch_size 32 --methods reflow --reflow_pairs 20000 \\
+        --pair_seed 13 --teacher_targets --grid_share 1 --grid_times 0,0,0,0,0,0,0.25,0.5,0.75 --name few_step_teacher_targets_55min \\
+        --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
+    # the teacher's flow map distilled, against the 20-minute teacher-targets stage (results/few_step_flowmap.json starts as a
+    # copy of few_step_teacher_targets_from_teacher.json)
+    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods flowmap --reflow_pairs 12000 \\
+        --pair_seed 11 --name few_step_flowmap --keep
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
-Both methods start from the teacher's weights and get the same wall-clock budget on this machine:
+Every method starts from the teacher's weights and gets the same wall-clock budget on this machine:
 
 - **MeanFlow**: the teacher's UNet with an interval input (starting at zero), fine-tuned with the MeanFlow loss
   (`--objective meanflow`); sampled with its own jump, one network evaluation per step.
@@ -29,6 +34,12 @@ Both methods start from the teacher's weights and get the same wall-clock budget
   distillation of the pairs, which gives up some of the model's 2- and 4-step quality for its 1-step quality. With
   --teacher_targets every time but t = 0 regresses on the teacher's velocity at the pair's straight-line point instead
   of the pair's displacement: one network that jumps at t = 0 and refines like the teacher after it.
+
+- **Flow map** (`--methods flowmap`): the teacher's trajectories from seeded noise, kept at t = 0, 1/4, 1/2, 3/4 and 1
+  (4 midpoint steps, 8 NFE, as reflow's pairs; the time spent making them counts), and the teacher's UNet with an interval
+  input (MeanFlow's; or, with --reflow_from, that model's) regressed on their chords: the average velocity u(x_a, a, b)
+  on (x_b - x_a) / (b - a) for the intervals that 1, 2 and 4 equal jumps take. It is MeanFlow's average velocity of the
+  teacher's own flow, computed by running the teacher instead of learned through the identity; sampled by jumps.
 
 Then every model is scored by the project's evaluator at N samples (seed 0): the few-step models at 1, 2 and 4 NFE, the
 teacher at 8 NFE (4 midpoint steps), 100 (Euler) and with 1, 2 and 4 Euler steps. NFE counts network forward passes (a
@@ -48,7 +59,7 @@ from fm_mnist.config import TIME_SAMPLINGS, TrainConfig
 from fm_mnist.flow_matching import EULER_GRID, FlowMatching
 from fm_mnist.data import load_mnist_tensors
 from fm_mnist.evaluation import Evaluator
-from fm_mnist.meanflow import reflow_pairs
+from fm_mnist.meanflow import MeanFlow, reflow_pairs
 from fm_mnist.sampler import cycle_labels
 from fm_mnist.training import measure_step_time, new_train_state, plan_steps, train
 
@@ -108,8 +119,9 @@ class TeacherTargets(FlowMatching):
         x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)   # the speed measurement comes without pairs
         t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
         xt = self.interpolate(x0, x1, t)
-        with torch.no_grad(): v_teacher = self.teacher.model(xt, t).float()
-        target = torch.where((t == 0).view(-1, *[1] * (x1.ndim - 1)), self.target_velocity(x0, x1), v_teacher)
+        target, later = self.target_velocity(x0, x1), t != 0
+        if later.any():   # the teacher is asked only where its velocity is the target
+            with torch.no_grad(): target[later] = self.teacher.model(xt[later], t[later]).float()
         return F.mse_loss(self.model(xt, t), target)
 
 
@@ -136,6 +148,80 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
     path = save_checkpoint(state.checkpoint(), out_dir / 'reflow_checkpoint.pt')
     return state.ema_flow(), {'pairs': n, 'pair_minutes': pair_minutes, 'steps': state.step, 'checkpoint': str(path),
                               'minutes': (time.perf_counter() - start) / 60}
+
+
+class FlowMapTargets(MeanFlow):
+    """Distillation of the teacher's flow map on a grid of times: each training item is one noise's teacher trajectory
+    `(K + 1, 28, 28)`, the teacher's states at the grid times (its own ODE); the network's average velocity u(x_a, a, b)
+    from grid time a to grid time b regresses on the chord (x_b - x_a) / (b - a), for the intervals that 1, 2 and 4 equal
+    jumps take (each number of jumps equally often). One jump then lands where the teacher's whole ODE lands, two jumps
+    land where its two halves do: every step starts on the teacher's own trajectory instead of at a point the teacher's
+    velocity was never trained to leave in one step (unconditional models)."""
+    def __init__(self, flow: MeanFlow, times: torch.Tensor, jumps=(1, 2, 4)):
+        self.__dict__.update(flow.__dict__)   # the same network and settings
+        self.times = times.to(self.device)   # (K + 1,) the grid, 0 ... 1
+        K, pairs, weights = len(times) - 1, [], []
+        for k in jumps:   # k equal jumps: the grid indices they start and end at
+            if K % k: raise ValueError(f'{k} equal jumps do not fall on a grid of {K} intervals')
+            pairs += [(i * K // k, (i + 1) * K // k) for i in range(k)]
+            weights += [1 / (k * len(jumps))] * k
+        self.starts, self.ends = (torch.tensor(c, device=self.device) for c in zip(*pairs))
+        self.weights = torch.tensor(weights, device=self.device)
+
+    def loss(self, x1, x0=None, t=None, y=None):
+        traj = x1.to(self.device)   # (B, K + 1, 28, 28): the trajectories, not images
+        k = torch.multinomial(self.weights, traj.shape[0], replacement=True)
+        rows = torch.arange(traj.shape[0], device=self.device)
+        xa, xb = traj[rows, self.starts[k]].unsqueeze(1), traj[rows, self.ends[k]].unsqueeze(1)
+        a, b = self.times[self.starts[k]], self.times[self.ends[k]]
+        target = (xb - xa) / (b - a).view(-1, 1, 1, 1)
+        return F.mse_loss(self.model(xa, a, None, b).float(), target)
+
+
+@torch.no_grad()
+def teacher_trajectories(teacher, n, grid, steps_per_interval, seed, work, progress):
+    """`(trajectories (n, K + 1, 28, 28), minutes, kept)`: the teacher's midpoint ODE from seeded noise, its states at a
+    grid of K equal intervals (`steps_per_interval` midpoint steps each; the last state clipped like a sample). Kept in
+    `work`: a kept file is read back (`kept`) with the minutes it took to make."""
+    K = grid
+    path = Path(work) / f'trajectories_n{n}_seed{seed}_grid{K}x{steps_per_interval}.pt'
+    if path.is_file():
+        d = torch.load(path, weights_only=True)
+        return d['traj'], d['minutes'], True
+    start, out = time.perf_counter(), []
+    x0 = torch.randn(n, *teacher.image_shape, generator=torch.Generator().manual_seed(seed))
+    teacher.model.eval()
+    from tqdm import tqdm
+    for i in tqdm(range(0, n, 500), disable=not progress, desc='teacher trajectories'):
+        _, tr, _ = teacher.integrate(x0[i:i + 500].to(teacher.device), None, K * steps_per_interval, 'midpoint', None, True, 1e-4, 1e-4)
+        tr = tr[::steps_per_interval].float()   # (K + 1, B, 1, 28, 28)
+        tr[-1] = teacher.clip(tr[-1])
+        out.append(tr[:, :, 0].transpose(0, 1).cpu())
+    traj, minutes = torch.cat(out), (time.perf_counter() - start) / 60
+    tmp = path.with_suffix('.tmp')
+    torch.save({'traj': traj, 'minutes': minutes}, tmp); tmp.replace(path)
+    return traj, minutes, False
+
+
+def run_flowmap(teacher, ckpt, source, start_ckpt, minutes, args, device, out_dir):
+    start = time.perf_counter()
+    n, seed = args.reflow_pairs, args.seed + 1 if args.pair_seed is None else args.pair_seed
+    traj, traj_minutes, kept = teacher_trajectories(teacher, n, 4, args.flowmap_substeps, seed, args.work, args.progress)
+    print(f'flowmap: {n} teacher trajectories ({traj_minutes:.1f} min' + (', kept from an earlier run' if kept else '') + ')', flush=True)
+    spent = time.perf_counter() - start + (traj_minutes * 60 if kept else 0)   # a kept file's making counts in the budget
+    start = time.perf_counter()
+    mc, model = teacher_model(start_ckpt or ckpt, args.reflow_from or source, interval=True)
+    tc = replace(ckpt['_train_config'], objective='meanflow', coupling='independent', grid_share=0.0, lr=args.lr, minutes=minutes,
+                 max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
+    state = new_train_state(mc, tc, n, device, model=model)
+    state.flow = FlowMapTargets(state.flow, torch.linspace(0, 1, 5), args.flowmap_jumps)
+    sps = measure_step_time(state, traj)
+    plan_steps(state, minutes * 60 - spent - (time.perf_counter() - start), sps)
+    print(f'flowmap: {state.total_steps} steps of {tc.batch_size}', flush=True)
+    train(state, traj, progress=args.progress)
+    path = save_checkpoint(state.checkpoint(), out_dir / 'flowmap_checkpoint.pt')
+    return state.ema_flow(), {'pairs': n, 'pair_minutes': traj_minutes, 'steps': state.step, 'checkpoint': str(path),
+                              'minutes': (spent + time.perf_counter() - start) / 60}
 
 
 def markdown(data) -> str:
@@ -177,15 +263,22 @@ def main(argv=None):
     p.add_argument('--teacher_targets', action='store_true', help='reflow: train every time but t = 0 on the teacher\'s '
                    'velocity at the pair\'s straight-line point instead of the pair\'s displacement (unconditional teachers): '
                    'a one-step jump, then the teacher\'s refinement, in one network')
+    p.add_argument('--flowmap_jumps', type=comma_list(int, 1, 4, 'jumps'), default=(1, 2, 4), help='flowmap: the numbers of '
+                   'equal jumps trained (each equally often), comma-separated, from 1, 2 and 4')
+    p.add_argument('--flowmap_substeps', type=int, default=1, help='flowmap: the teacher\'s midpoint steps per quarter of its '
+                   'trajectory (1: 4 steps, 8 NFE, as reflow\'s pairs)')
     p.add_argument('--work', default='benchmarks/.cache/few_step', help='where the trained models are kept')
     p.add_argument('--save_meanflow', help='export the MeanFlow model for sampling to this path')
     p.add_argument('--save_reflow', help='export the reflowed model for sampling to this path')
+    p.add_argument('--save_flowmap', help='export the flow-map model for sampling to this path')
     p.add_argument('--name', default='few_step')
     p.add_argument('--keep', action='store_true', help='keep what an existing NAME.json from the same teacher, N and seed '
                    'holds: the rows of the methods this run does not train, and the teacher scores it has')
     p.add_argument('--progress', action='store_true')
     args = p.parse_args(argv)
     if not 0 <= args.grid_share <= 1: p.error(f'--grid_share must be in [0, 1], got {args.grid_share}')
+    if any(4 % k for k in args.flowmap_jumps): p.error(f'--flowmap_jumps must be 1, 2 or 4, got {args.flowmap_jumps}')
+    if args.flowmap_substeps < 1: p.error(f'--flowmap_substeps must be at least 1, got {args.flowmap_substeps}')
     if args.teacher_targets and 'reflow' not in args.methods: p.error('--teacher_targets is a setting of --methods reflow')
     if args.teacher_targets and not (args.grid_share > 0 and 0 in args.grid_times):
         p.error('--teacher_targets learns the jump at t = 0 only: give --grid_share > 0 and a --grid_times that includes 0')
@@ -196,6 +289,7 @@ def main(argv=None):
     start_ckpt = read_checkpoint(args.reflow_from) if args.reflow_from else None   # read now: a bad path fails before any work
     teacher = load_flow(source, device)
     if args.teacher_targets and teacher.num_classes is not None: p.error('--teacher_targets needs an unconditional teacher')
+    if 'flowmap' in args.methods and teacher.num_classes is not None: p.error('--methods flowmap needs an unconditional teacher')
     images, labels = load_mnist_tensors(args.data_dir, train=True)
     ev = Evaluator(args.data_dir, device=device)
     n = args.num_samples
@@ -229,16 +323,26 @@ def main(argv=None):
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
             print(f'exported: {args.save_reflow}', flush=True)
+    if 'flowmap' in args.methods:
+        fm, facts = run_flowmap(teacher, ckpt, source, start_ckpt, args.minutes, args, device, work)
+        costs['flowmap'] = (f"{facts['minutes']:.1f} min: {facts['pairs']} teacher trajectories in {facts['pair_minutes']:.1f} min, "
+                            f"then {facts['steps']} steps" + (f" from {args.reflow_from}" if args.reflow_from else '')
+                            + f", jumps {', '.join(map(str, args.flowmap_jumps))}")
+        for k in (1, 2, 4): add('flowmap', f'jump, {k} step' + 's' * (k > 1), score(fm, ev, n, args.seed, num_steps=k))
+        if args.save_flowmap:
+            export_for_sampling(facts['checkpoint'], args.save_flowmap)
+            print(f'exported: {args.save_flowmap}', flush=True)
     if old is not None:   # what this run did not train stays
-        kept = [m for m in ('meanflow', 'reflow') if m not in args.methods]
-        order = ['teacher', 'meanflow', 'reflow']
+        kept = [m for m in ('meanflow', 'reflow', 'flowmap') if m not in args.methods]
+        order = ['teacher', 'meanflow', 'reflow', 'flowmap']
         rows = sorted(rows + [r for r in old['rows'] if r['model'] in kept], key=lambda r: order.index(r['model']))
         costs = {k: costs[k] if k in costs else old['costs'][k] for k in order if k in costs or (k in kept and k in old['costs'])}
     teacher_name = old['meta']['teacher'] if old else f'the shipped {args.teacher} model' if args.teacher in PRETRAINED else source
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
                      'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from,
-                     'teacher_targets': args.teacher_targets},
+                     'teacher_targets': args.teacher_targets, 'flowmap_jumps': args.flowmap_jumps,
+                     'flowmap_substeps': args.flowmap_substeps},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))
     print(markdown(data))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fm_mnist.evaluation import (Evaluator, classifier_path, file_sha256, frechet_distance, feature_stats,
                                  nearest_distance, CLASSIFIER_SHA256)
 from conftest import quiet
-from fm_mnist.checkpoint import pretrained_path
+from fm_mnist.checkpoint import load_flow, pretrained_path
 from fm_mnist.config import EMA_HALFLIFE
 from fm_mnist.cli import evaluate_main
 
@@ -154,6 +154,12 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert "the teacher's velocity as the target" in json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--teacher_targets'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and 'jump at t = 0 only' in p.stderr   # without grid times at 0 nothing would learn the jump
+    # the teacher's flow map, distilled from its trajectories into a network with an interval input
+    bench('benchmarks/few_step.py', *common, '--methods', 'flowmap', '--keep', '--save_flowmap', str(tmp_path / 'flowmap.pt'))
+    third = json.loads((tmp_path / 'few_step.json').read_text())
+    assert [r['nfe'] for r in third['rows'] if r['model'] == 'flowmap'] == [1, 2, 4] and any(r['model'] == 'reflow' for r in third['rows'])
+    flow = load_flow(str(tmp_path / 'flowmap.pt'), device='cpu')
+    assert type(flow).__name__ == 'MeanFlow' and flow.sample(num_samples=2, num_steps=2, seed=0, return_nfe=True)[1] == 2
 
 
 @pytest.mark.slow
@@ -178,12 +184,30 @@ def test_teacher_targets_are_the_pair_at_t_0_and_the_teacher_elsewhere():
             for w in net.parameters(): w.normal_(std=0.05)    # no zero-initialised outputs: the two nets differ
     flow = TeacherTargets(student, teacher)
     x1, x0 = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)
-    for t in (0.0, 0.5):
-        tt = torch.full((4,), t)
+    for tt in (torch.zeros(4), torch.full((4,), 0.5), torch.tensor([0.0, 0.5, 0.0, 0.25])):   # a batch may mix both kinds
         xt = flow.interpolate(x0, x1, tt)
         with torch.no_grad():
-            target = x1 - x0 if t == 0 else teacher.model(xt, tt)
-            assert torch.allclose(flow.loss(x1, x0=x0, t=tt), F.mse_loss(student.model(xt, tt), target))
+            target = torch.where((tt == 0).view(-1, 1, 1, 1), x1 - x0, teacher.model(xt, tt))
+            assert torch.allclose(flow.loss(x1, x0=x0, t=tt), F.mse_loss(student.model(xt, tt), target), atol=1e-6)
+
+
+def test_flow_map_targets_are_chords_of_the_teacher_trajectory():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from few_step import FlowMapTargets
+    from fm_mnist.meanflow import MeanFlow
+    from fm_mnist.unet import UNet
+    torch.manual_seed(0)
+    student = MeanFlow(UNet(base_channels=8, time_emb_dim=16, interval=True), device='cpu')
+    with torch.no_grad():
+        for w in student.model.parameters(): w.normal_(std=0.05)
+    traj, grid = torch.randn(6, 5, 28, 28), torch.linspace(0, 1, 5)
+    x0, zero, one = traj[:, :1], torch.zeros(6), torch.ones(6)
+    with torch.no_grad():   # one jump: from the noise to the trajectory's end, in one interval of length 1
+        want = F.mse_loss(student.model(x0, zero, None, one), traj[:, 4:] - x0)
+        assert torch.allclose(FlowMapTargets(student, grid, jumps=(1,)).loss(traj), want)
+        two = FlowMapTargets(student, grid, jumps=(2,))   # two jumps: 0 -> 1/2 and 1/2 -> 1, with the chords' slopes
+        assert two.starts.tolist() == [0, 2] and two.ends.tolist() == [2, 4] and torch.allclose(two.weights, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match='3 equal jumps'): FlowMapTargets(student, grid, jumps=(3,))
 
 
 @pytest.mark.slow

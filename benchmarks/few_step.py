@@ -21,7 +21,8 @@
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
-Every method starts from the teacher's weights and gets the same wall-clock budget on this machine:
+Every method starts from the teacher's weights (reflow and flowmap: or, with --reflow_from, an earlier model's) and gets
+the same wall-clock budget on this machine:
 
 - **MeanFlow**: the teacher's UNet with an interval input (starting at zero), fine-tuned with the MeanFlow loss
   (`--objective meanflow`); sampled with its own jump, one network evaluation per step.
@@ -154,9 +155,9 @@ class FlowMapTargets(MeanFlow):
     """Distillation of the teacher's flow map on a grid of times: each training item is one noise's teacher trajectory
     `(K + 1, 28, 28)`, the teacher's states at the grid times (its own ODE); the network's average velocity u(x_a, a, b)
     from grid time a to grid time b regresses on the chord (x_b - x_a) / (b - a), for the intervals that 1, 2 and 4 equal
-    jumps take (each number of jumps equally often). One jump then lands where the teacher's whole ODE lands, two jumps
-    land where its two halves do: every step starts on the teacher's own trajectory instead of at a point the teacher's
-    velocity was never trained to leave in one step (unconditional models)."""
+    jumps take (each number of jumps equally often). In training every jump starts on the teacher's own trajectory, so
+    perfect jumps would land where the teacher's ODE does, one jump on its whole, two on its two halves; in sampling each
+    jump starts where the one before landed (unconditional models)."""
     def __init__(self, flow: MeanFlow, times: torch.Tensor, jumps=(1, 2, 4)):
         self.__dict__.update(flow.__dict__)   # the same network and settings
         self.times = times.to(self.device)   # (K + 1,) the grid, 0 ... 1

@@ -18,7 +18,8 @@ def add_common_flags(p: argparse.ArgumentParser, model: bool = True, num_samples
         src.add_argument('--pretrained', nargs='?', const='unconditional', choices=list(PRETRAINED), help='a shipped model')
         p.add_argument('--results_dir', default='results')
     if num_samples is not None or model:
-        p.add_argument('--num_samples', type=int, default=num_samples, help='N (default: 10000 on CUDA, else 2000)')
+        p.add_argument('--num_samples', type=int, default=num_samples,
+                       help=f'N (default: {num_samples})' if num_samples else 'N (default: 10000 on CUDA, else 2000)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', help='cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)')
     p.add_argument('--data_dir', help='MNIST root (default: $FM_MNIST_DATA, else data/)')

@@ -179,50 +179,44 @@ class FlowMapTargets(MeanFlow):
         return F.mse_loss(self.model(xa, a, None, b).float(), target)
 
 
+FLOWMAP_INTERVALS = 4   # the flow map's grid: t = 0, 1/4, 1/2, 3/4, 1, where 1, 2 and 4 equal jumps start and end
+
+
 @torch.no_grad()
-def teacher_trajectories(teacher, n, grid, steps_per_interval, seed, work, progress):
-    """`(trajectories (n, K + 1, 28, 28), minutes, kept)`: the teacher's midpoint ODE from seeded noise, its states at a
-    grid of K equal intervals (`steps_per_interval` midpoint steps each; the last state clipped like a sample). Kept in
-    `work`: a kept file is read back (`kept`) with the minutes it took to make."""
-    K = grid
-    path = Path(work) / f'trajectories_n{n}_seed{seed}_grid{K}x{steps_per_interval}.pt'
-    if path.is_file():
-        d = torch.load(path, weights_only=True)
-        return d['traj'], d['minutes'], True
-    start, out = time.perf_counter(), []
-    x0 = torch.randn(n, *teacher.image_shape, generator=torch.Generator().manual_seed(seed))
-    teacher.model.eval()
+def teacher_trajectories(teacher, n: int, steps_per_interval: int, seed: int, progress: bool) -> torch.Tensor:
+    """`(n, FLOWMAP_INTERVALS + 1, 28, 28)`: the teacher's midpoint ODE from seeded noise (the noise `reflow_pairs` draws
+    for that seed), its states at the flow map's grid (`steps_per_interval` midpoint steps between grid points; the last
+    state clipped like a sample)."""
     from tqdm import tqdm
+    x0, out = torch.randn(n, *teacher.image_shape, generator=torch.Generator().manual_seed(seed)), []
+    teacher.model.eval()
     for i in tqdm(range(0, n, 500), disable=not progress, desc='teacher trajectories'):
-        _, tr, _ = teacher.integrate(x0[i:i + 500].to(teacher.device), None, K * steps_per_interval, 'midpoint', None, True, 1e-4, 1e-4)
-        tr = tr[::steps_per_interval].float()   # (K + 1, B, 1, 28, 28)
+        _, tr, _ = teacher.integrate(x0[i:i + 500].to(teacher.device), None, FLOWMAP_INTERVALS * steps_per_interval, 'midpoint',
+                                     None, True, 1e-4, 1e-4)
+        tr = tr[::steps_per_interval].float()   # (FLOWMAP_INTERVALS + 1, B, 1, 28, 28)
         tr[-1] = teacher.clip(tr[-1])
         out.append(tr[:, :, 0].transpose(0, 1).cpu())
-    traj, minutes = torch.cat(out), (time.perf_counter() - start) / 60
-    tmp = path.with_suffix('.tmp')
-    torch.save({'traj': traj, 'minutes': minutes}, tmp); tmp.replace(path)
-    return traj, minutes, False
+    return torch.cat(out)
 
 
 def run_flowmap(teacher, ckpt, source, start_ckpt, minutes, args, device, out_dir):
     start = time.perf_counter()
     n, seed = args.reflow_pairs, args.seed + 1 if args.pair_seed is None else args.pair_seed
-    traj, traj_minutes, kept = teacher_trajectories(teacher, n, 4, args.flowmap_substeps, seed, args.work, args.progress)
-    print(f'flowmap: {n} teacher trajectories ({traj_minutes:.1f} min' + (', kept from an earlier run' if kept else '') + ')', flush=True)
-    spent = time.perf_counter() - start + (traj_minutes * 60 if kept else 0)   # a kept file's making counts in the budget
-    start = time.perf_counter()
+    traj = teacher_trajectories(teacher, n, args.flowmap_substeps, seed, args.progress)
+    traj_minutes = (time.perf_counter() - start) / 60
+    print(f'flowmap: {n} teacher trajectories in {traj_minutes:.1f} min', flush=True)
     mc, model = teacher_model(start_ckpt or ckpt, args.reflow_from or source, interval=True)
     tc = replace(ckpt['_train_config'], objective='meanflow', coupling='independent', grid_share=0.0, lr=args.lr, minutes=minutes,
                  max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
     state = new_train_state(mc, tc, n, device, model=model)
-    state.flow = FlowMapTargets(state.flow, torch.linspace(0, 1, 5), args.flowmap_jumps)
+    state.flow = FlowMapTargets(state.flow, torch.linspace(0, 1, FLOWMAP_INTERVALS + 1), args.flowmap_jumps)
     sps = measure_step_time(state, traj)
-    plan_steps(state, minutes * 60 - spent - (time.perf_counter() - start), sps)
+    plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'flowmap: {state.total_steps} steps of {tc.batch_size}', flush=True)
     train(state, traj, progress=args.progress)
     path = save_checkpoint(state.checkpoint(), out_dir / 'flowmap_checkpoint.pt')
     return state.ema_flow(), {'pairs': n, 'pair_minutes': traj_minutes, 'steps': state.step, 'checkpoint': str(path),
-                              'minutes': (spent + time.perf_counter() - start) / 60}
+                              'minutes': (time.perf_counter() - start) / 60}
 
 
 def markdown(data) -> str:
@@ -251,16 +245,16 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=3e-4, help='fine-tuning learning rate')
     p.add_argument('--batch_size', type=int, default=128)
     p.add_argument('--interval_share', type=float, default=0.25, help='MeanFlow: share of training pairs with r > t')
-    p.add_argument('--reflow_pairs', type=int, default=20_000)
+    p.add_argument('--reflow_pairs', type=int, default=20_000, help='reflow and flowmap: how many teacher pairs (trajectories)')
     p.add_argument('--reflow_times', default='uniform', choices=TIME_SAMPLINGS, help='reflow\'s training times: uniform, since a '
                    'one-step jump starts at t = 0, which logit-normal times (a teacher\'s own default) rarely sample')
     p.add_argument('--grid_share', type=float, default=0.0, help='reflow: share of training times drawn from the points that 1, 2 '
                    'and 4 Euler steps evaluate (0, 1/4, 1/2, 3/4; 0 twice as often); the rest follow --reflow_times')
     p.add_argument('--grid_times', type=comma_list(float, 0, 1, 'times'), default=EULER_GRID, help='reflow: the times --grid_share draws from, comma-separated '
                    '(default: those of 1, 2 and 4 Euler steps; 0: one step only)')
-    p.add_argument('--reflow_from', help='reflow: start from this model (an earlier reflow) instead of the teacher; the cost '
+    p.add_argument('--reflow_from', help='reflow and flowmap: start from this model (an earlier reflow) instead of the teacher; the cost '
                    'line then counts this stage only')
-    p.add_argument('--pair_seed', type=int, help='reflow: seed of the pairs\' noise (default: --seed + 1)')
+    p.add_argument('--pair_seed', type=int, help='reflow and flowmap: seed of the pairs\' noise (default: --seed + 1)')
     p.add_argument('--teacher_targets', action='store_true', help='reflow: train every time but t = 0 on the teacher\'s '
                    'velocity at the pair\'s straight-line point instead of the pair\'s displacement (unconditional teachers): '
                    'a one-step jump, then the teacher\'s refinement, in one network')
@@ -278,7 +272,7 @@ def main(argv=None):
     p.add_argument('--progress', action='store_true')
     args = p.parse_args(argv)
     if not 0 <= args.grid_share <= 1: p.error(f'--grid_share must be in [0, 1], got {args.grid_share}')
-    if any(4 % k for k in args.flowmap_jumps): p.error(f'--flowmap_jumps must be 1, 2 or 4, got {args.flowmap_jumps}')
+    if any(FLOWMAP_INTERVALS % k for k in args.flowmap_jumps): p.error(f'--flowmap_jumps must be 1, 2 or 4, got {args.flowmap_jumps}')
     if args.flowmap_substeps < 1: p.error(f'--flowmap_substeps must be at least 1, got {args.flowmap_substeps}')
     if args.teacher_targets and 'reflow' not in args.methods: p.error('--teacher_targets is a setting of --methods reflow')
     if args.teacher_targets and not (args.grid_share > 0 and 0 in args.grid_times):

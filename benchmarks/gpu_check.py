@@ -6,10 +6,11 @@ temporary folder; only the summary log, the JSON figures and two sample grids ar
     python3 benchmarks/gpu_check.py --out OUT --dry-run  # the same checks on the CPU, tiny sizes, a few minutes
 
 Checks: the real `train()` loop with `torch.cuda.set_sync_debug_mode('warn')` counting host-device syncs; images/s from
-the loop with channels-last on and off, cuDNN autotuning on and off, eager and compiled; float16 with the gradient
-scaler (forced), saved and resumed; a CPU checkpoint resumed on CUDA; a compiled resume; a one-process NCCL group
-through the DistributedDataParallel code path; `python -m fm_mnist evaluate` on CUDA; generation streamed to disk; a short
-MeanFlow fine-tune (a Jacobian-vector product through the network) and its one-step samples.
+the loop with channels-last on and off, cuDNN autotuning on and off, eager and compiled, and with Muon; float16 with the
+gradient scaler (forced), saved and resumed; a CPU checkpoint resumed on CUDA, with AdamW and with Muon; a compiled
+resume; a one-process NCCL group through the DistributedDataParallel code path; `python -m fm_mnist evaluate` on CUDA;
+generation streamed to disk; a short MeanFlow fine-tune (a Jacobian-vector product through the network) and its
+one-step samples.
 """
 import argparse, contextlib, io, json, os, shutil, sys, tempfile, time, traceback, warnings
 from dataclasses import replace
@@ -134,24 +135,26 @@ def main(argv=None):
                      ('channels_last off, cudnn.benchmark on', dict(channels_last=False, bench=True)),
                      ('channels_last on, cudnn.benchmark off', dict(channels_last=True, bench=False)),
                      ('channels_last off, cudnn.benchmark off', dict(channels_last=False, bench=False)),
-                     ('compiled (torch.compile), channels_last on', dict(channels_last=True, bench=True, compile=True))]:
+                     ('compiled (torch.compile), channels_last on', dict(channels_last=True, bench=True, compile=True)),
+                     ('Muon (the cpu recipe\'s optimiser), channels_last on', dict(channels_last=True, bench=True, optimizer='muon'))]:
         with check(f'speed: {name}'):
             if device.type == 'cuda': torch.backends.cudnn.benchmark = kw['bench']
-            ips, st = loop_speed(mc, replace(tc, channels_last=kw['channels_last'], compile=kw.get('compile', False)), images, None,
+            ips, st = loop_speed(mc, replace(tc, channels_last=kw['channels_last'], compile=kw.get('compile', False),
+                                             optimizer=kw.get('optimizer', tc.optimizer)), images, None,
                                  device, speed_steps, speed_warmup if not kw.get('compile') else speed_warmup + (0 if dry else 10))
             figs[f'images_per_s: {name}'] = ips
             check.say(f'{ips:.0f} images/s')
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
 
     short = replace(tc, epochs=1, max_steps=None, max_steps_per_epoch=20 if not dry else 3)   # epochs of a few steps, to resume
-    def one_epoch_then_resume(where, **speed):
-        "Train one short epoch on `where`, save, resume on the device for a second epoch (with `speed` switches)."
-        st = new_train_state(mc, short, len(images), where)
+    def one_epoch_then_resume(where, cfg=short, **speed):
+        "Train one short epoch of `cfg` on `where`, save, resume on the device for a second epoch (with `speed` switches)."
+        st = new_train_state(mc, cfg, len(images), where)
         train(st, images, progress=False)
         ck = read_checkpoint(save_checkpoint(st.checkpoint(), bulk / 'resume' / 'checkpoint.pt'), for_resume=True)
         resumed = resume_train_state(ck, len(images), device, epochs=2, **speed)
         train(resumed, images, progress=False)
-        assert resumed.step == 2 * short.max_steps_per_epoch and np.isfinite(resumed.losses).all(), resumed.step
+        assert resumed.step == 2 * cfg.max_steps_per_epoch and np.isfinite(resumed.losses).all(), resumed.step
         return st, resumed
 
     with check('float16 with the gradient scaler (forced), save and resume'):
@@ -168,6 +171,9 @@ def main(argv=None):
 
     with check('a CPU checkpoint resumed on CUDA (channels-last, fused AdamW)' if not dry else 'a checkpoint resumed into channels-last'):
         one_epoch_then_resume('cpu', channels_last=True)
+
+    with check("Muon (the cpu recipe's optimiser): a CPU checkpoint resumed on the device, channels-last"):
+        one_epoch_then_resume('cpu', cfg=replace(short, optimizer='muon'), channels_last=True)
 
     with check('a compiled resume'):
         one_epoch_then_resume(device, compile=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, TrainConfig, SampleConfig, PathConfig, PRESETS, OBJECTIVES, resolve_preset
+from .config import ModelConfig, TrainConfig, SampleConfig, PathConfig, PRESETS, OBJECTIVES, OPTIMIZERS, resolve_preset
 from .data import MNISTUnavailableError, NUM_CLASSES, load_mnist_tensors
 from .flow_matching import TIME_SAMPLINGS, COUPLINGS
 from .checkpoint import (CheckpointError, PRETRAINED, build_model, checkpoint_path, find_latest_checkpoint, load_flow,
@@ -134,7 +134,7 @@ def _describe(flow, kw: dict, nfe: int, labels, digit=None) -> str:
 _RECIPE_FLAGS = {'base_channels': ModelConfig, 'time_emb_dim': ModelConfig, 'epochs': TrainConfig, 'minutes': TrainConfig,
                  'batch_size': TrainConfig, 'lr': TrainConfig, 'seed': TrainConfig, 'max_steps_per_epoch': TrainConfig,
                  'time_sampling': TrainConfig, 'coupling': TrainConfig, 'label_dropout': TrainConfig,
-                 'objective': TrainConfig, 'channels_last': TrainConfig}
+                 'objective': TrainConfig, 'channels_last': TrainConfig, 'optimizer': TrainConfig, 'muon_lr': TrainConfig}
 
 def train_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='fm-train', description='Train a flow-matching UNet on MNIST and write checkpoints and samples. '
@@ -149,7 +149,11 @@ def train_parser() -> argparse.ArgumentParser:
     length.add_argument('--minutes', type=positive(float), help='train for this wall-clock budget instead of a number of epochs')
     p.add_argument('--batch_size', type=positive(), help="images per step, over all processes (default: the recipe's: " +
                         ', '.join(f'{k} {v[1].batch_size}' for k, v in PRESETS.items()) + ')')
-    p.add_argument('--lr', type=positive(float), help="peak learning rate (default: the recipe's)")
+    p.add_argument('--lr', type=positive(float), help="peak learning rate of AdamW (default: the recipe's); with Muon, of the "
+                   "parameters Muon leaves to AdamW (biases, norms, first and last layers)")
+    p.add_argument('--optimizer', choices=OPTIMIZERS, help="adamw, or muon for the weight matrices (default: the recipe's: " +
+                   ', '.join(f'{k} {v[1].optimizer}' for k, v in PRESETS.items()) + '; adamw with --init_from)')
+    p.add_argument('--muon_lr', type=positive(float), help=f"Muon's peak learning rate (default: {tc.muon_lr})")
     p.add_argument('--sample_every', type=positive(), default=pc.sample_every, help='epochs between sample grids')
     p.add_argument('--sample_every_steps', type=positive(),
                    help=f'steps between samples_step_N.png grids (default: none, or {pc.grids_per_run} in a time-budgeted run)')
@@ -193,6 +197,7 @@ def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, Tr
         if args.conditional: mc = replace(mc, num_classes=NUM_CLASSES)
         given = {k: getattr(args, k) for k, cls in _RECIPE_FLAGS.items() if cls is TrainConfig and getattr(args, k) is not None}
         if 'epochs' in given: given['minutes'] = None              # epochs given: the recipe's time budget no longer applies
+        if init is not None: given.setdefault('optimizer', 'adamw')  # fine-tuning: AdamW, which trained the shipped models
         if args.compile: given['compile'] = True
         tc = replace(tc, **given)
         if tc.objective == 'meanflow': mc = replace(mc, interval=True)

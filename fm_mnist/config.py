@@ -11,8 +11,8 @@ from .unet import UNet
 from .flow_matching import FlowMatching, TIME_SAMPLINGS, COUPLINGS, EULER_GRID
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'EMA_HALFLIFE', 'PRESETS', 'AUTO_MINUTES', 'ModelConfig', 'TrainConfig', 'SampleConfig', 'PathConfig',
-           'resolve_preset', 'config_from_dict']
+__all__ = ['OBJECTIVES', 'OPTIMIZERS', 'EMA_HALFLIFE', 'PRESETS', 'AUTO_MINUTES', 'ModelConfig', 'TrainConfig', 'SampleConfig',
+           'PathConfig', 'resolve_preset', 'config_from_dict']
 
 # %% ../nbs/55_config.ipynb #8bc2384e
 def _check(ok: bool, cls, name: str, value, want: str):
@@ -41,6 +41,7 @@ def _bool(obj, name: str, optional: bool = False):
 
 # %% ../nbs/55_config.ipynb #d3b9e696
 OBJECTIVES = ('flow_matching', 'meanflow')       # what the network learns (the loss and few-step notebooks)
+OPTIMIZERS = ('adamw', 'muon')                   # how the weights move (the training notebook)
 
 @dataclass
 class ModelConfig:
@@ -83,10 +84,12 @@ EMA_HALFLIFE = math.log(2) / 9   # 7.7%: the decay (1 + n) / (10 + n) after n up
 
 @dataclass
 class TrainConfig:
-    "Optimisation: AdamW with a warm-up then cosine decay, gradient clipping, an EMA of the weights; how long to train."
+    "Optimisation: AdamW (or Muon) with a warm-up then cosine decay, gradient clipping, an EMA of the weights; how long to train."
     epochs: int = 50
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3                        # AdamW's peak learning rate (with muon: for the parameters Muon leaves to AdamW)
+    optimizer: str = 'adamw'                # one of OPTIMIZERS; muon: Muon for the hidden weight matrices, AdamW for the rest
+    muon_lr: float = 0.02                   # muon: Muon's peak learning rate
     weight_decay: float = 0.0
     adam_beta2: float = 0.999               # AdamW's second-moment decay (0.99 adapts faster in short runs)
     warmup_steps: int = 500                 # the warm-up lasts min(warmup_steps, warmup_fraction x the run's steps)
@@ -115,6 +118,8 @@ class TrainConfig:
         _int_in(self, 'epochs', 1, 100_000)
         _int_in(self, 'batch_size', 1, 1 << 20)
         _float_in(self, 'lr', 0.0, 10.0, open_lo=True)
+        _one_of(self, 'optimizer', OPTIMIZERS)
+        _float_in(self, 'muon_lr', 0.0, 10.0, open_lo=True)
         _float_in(self, 'weight_decay', 0.0, 10.0)
         _float_in(self, 'adam_beta2', 0.0, 0.9999)
         _int_in(self, 'warmup_steps', 0, 10**9)
@@ -187,8 +192,8 @@ class PathConfig:
 # %% ../nbs/55_config.ipynb #d9fd2199
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     'gpu': (ModelConfig(), TrainConfig()),
-    'cpu': (ModelConfig(base_channels=32), TrainConfig(epochs=6, batch_size=32, lr=1e-3)),
-    'quick': (ModelConfig(base_channels=32), TrainConfig(epochs=1, batch_size=32, lr=1e-3, minutes=10)),  # minutes rule: epochs unused
+    'cpu': (ModelConfig(base_channels=32), TrainConfig(epochs=6, batch_size=32, lr=1e-3, optimizer='muon')),
+    'quick': (ModelConfig(base_channels=32), TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer='muon', minutes=10)),  # minutes rule: epochs unused
 }
 AUTO_MINUTES = 30  # the budget `auto` gives a machine without CUDA
 

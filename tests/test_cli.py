@@ -217,7 +217,8 @@ def test_console_scripts_and_seed_scripts_run():
 
 @pytest.mark.parametrize('argv', [['--epochs', '0'], ['--epochs', '-1'], ['--batch_size', '0'], ['--lr', 'nan'],
                                   ['--time_emb_dim', '15'], ['--preset', 'tpu'], ['--epochs', '2', '--minutes', '5'],
-                                  ['--label_dropout', '1.5'], ['--coupling', 'nearest'], ['--base_channels', '100000']])
+                                  ['--label_dropout', '1.5'], ['--coupling', 'nearest'], ['--base_channels', '100000'],
+                                  ['--optimizer', 'sgd'], ['--muon_lr', '0']])
 def test_invalid_training_flags(argv, tmp_path):
     rc, _, err = quiet(train_main, argv + ['--results_dir', str(tmp_path / 'results'), '--no_progress'])
     one_line_error(rc, err, 2)

@@ -13,13 +13,13 @@ from fm_mnist.sampler import SOLVERS
 def test_gpu_recipe_is_the_original_design():
     mc, tc = PRESETS['gpu']
     assert (mc.base_channels, mc.time_emb_dim, mc.in_channels) == (64, 128, 1)
-    assert (tc.epochs, tc.batch_size, tc.lr, tc.minutes) == (50, 128, 1e-3, None)
+    assert (tc.epochs, tc.batch_size, tc.lr, tc.minutes, tc.optimizer) == (50, 128, 1e-3, None, 'adamw')
 
 
 def test_cpu_recipe_is_the_small_batch_one_and_quick_has_a_budget():
     mc, tc = PRESETS['cpu']
-    assert mc.base_channels == 32 and (tc.epochs, tc.batch_size, tc.lr, tc.minutes) == (6, 32, 1e-3, None)
-    assert PRESETS['quick'][1].minutes == 10 and PRESETS['quick'][0] == mc
+    assert mc.base_channels == 32 and (tc.epochs, tc.batch_size, tc.lr, tc.minutes, tc.optimizer) == (6, 32, 1e-3, None, 'muon')
+    assert PRESETS['quick'][1].minutes == 10 and PRESETS['quick'][0] == mc and PRESETS['quick'][1].optimizer == 'muon'
 
 
 @pytest.mark.parametrize('device,recipe,minutes', [('cuda', 'gpu', None), ('cpu', 'cpu', AUTO_MINUTES), ('mps', 'cpu', AUTO_MINUTES)])
@@ -37,7 +37,8 @@ def test_auto_picks_by_device(device, recipe, minutes):
     (TrainConfig, {'lr': 0.0}, 'lr'), (TrainConfig, {'lr': float('inf')}, 'lr'), (TrainConfig, {'epochs': 0}, 'epochs'),
     (TrainConfig, {'batch_size': 2**40}, 'batch_size'), (TrainConfig, {'coupling': 'nearest'}, 'coupling'),
     (TrainConfig, {'ema_decay': 1.0}, 'ema_decay'), (TrainConfig, {'minutes': -1.0}, 'minutes'),
-    (TrainConfig, {'objective': 'gan'}, 'objective'), (SampleConfig, {'num_steps': 0}, 'num_steps'),
+    (TrainConfig, {'objective': 'gan'}, 'objective'), (TrainConfig, {'optimizer': 'sgd'}, 'optimizer'),
+    (TrainConfig, {'muon_lr': 0.0}, 'muon_lr'), (SampleConfig, {'num_steps': 0}, 'num_steps'),
     (SampleConfig, {'guidance_scale': -1.0}, 'guidance_scale')])
 def test_configs_reject_impossible_values_naming_the_field(cls, kw, field):
     with pytest.raises(ValueError, match=f'{cls.__name__}.{field}'):

@@ -100,6 +100,7 @@ def test_meanflow_from_a_flow_matching_checkpoint_through_the_scripts(trained, t
     assert rc == 0, err
     ckpt = read_checkpoint(res / 'checkpoint_final.pt')
     assert ckpt['_train_config'].objective == 'meanflow' and ckpt['_model_config'].interval
+    assert ckpt['_train_config'].optimizer == 'adamw'                   # fine-tuning keeps AdamW unless --optimizer says otherwise
     rc, out, err = quiet(generate_main, ['--results_dir', str(res), '--num_samples', '4', '--num_steps', '1',
                                          '--output_dir', str(tmp_path / 'g')])
     assert rc == 0 and 'meanflow, 1 NFE' in out, err

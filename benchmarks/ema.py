@@ -45,14 +45,15 @@ def main(argv=None):
             'no average: the last step\'s weights': state.flow}
     rows |= {f'half-life {f:g} of the steps so far': replace(state, ema=e).ema_flow() for f, e in extras.items()}
     ev = Evaluator(args.data_dir, device=device)
-    data = {'meta': {'steps': state.step, 'images': state.step * tc.batch_size, 'hardware': hardware(device),
-                     'num_samples': args.num_samples, 'seed': args.seed, 'fid_floor': ev.floor(args.num_samples)['fid_floor']},
+    data = {'meta': {'steps': state.step, 'images': state.step * tc.batch_size, 'optimizer': tc.optimizer,
+                     'hardware': hardware(device), 'num_samples': args.num_samples, 'seed': args.seed,
+                     'fid_floor': ev.floor(args.num_samples)['fid_floor']},
             'rows': {}}
     for name, flow in rows.items():
         data['rows'][name] = r = score(flow, ev, args.num_samples, args.seed, 'midpoint', 4)
         print(f"{name}: FID {r['fid']:.1f}, confidence {r['confidence']:.3f}, class TV {r['class_tv_from_uniform']:.3f}", flush=True)
     m = data['meta']
-    md = [f"Weight averages of one run of the cpu recipe, {m['steps']:,} steps ({m['images']:,} images) ({m['hardware']}); "
+    md = [f"Weight averages of one run of the cpu recipe ({m['optimizer']}), {m['steps']:,} steps ({m['images']:,} images) ({m['hardware']}); "
           f"evaluator N = {m['num_samples']}, seed {m['seed']}, midpoint with 4 steps (8 NFE), real-data floor FID {m['fid_floor']:.2f}.",
           '', '| weights | FID | confidence | class TV |', '| --- | --- | --- | --- |']
     md += [f"| {k} | {r['fid']:.1f} | {r['confidence']:.3f} | {r['class_tv_from_uniform']:.3f} |" for k, r in data['rows'].items()]

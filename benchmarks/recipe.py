@@ -27,7 +27,7 @@ from fm_mnist.training import measure_step_time, new_train_state, plan_steps, tr
 
 # The base of every variant: the `cpu` UNet (0.9M parameters) with the recipe this sweep started from (batch 128, lr 2e-3,
 # logit-normal times, warm-up and EMA scaled to the run, AdamW). The sweep's winner, batch 32 at lr 1e-3, became the `cpu`
-# recipe, and then Muon (cpu_muon) its optimiser.
+# recipe, and then Muon its optimiser, at the learning rate the cpu_muon_lr* rows picked (0.005; cpu_muon pins 0.02).
 BASE = dict(batch_size=128, lr=2e-3, optimizer='adamw')
 # name: (ModelConfig overrides, TrainConfig overrides, what it tests)
 V1 = dict(time_sampling='uniform', warmup_steps=200, warmup_fraction=1.0, ema_halflife_fraction=None, ema_decay=0.999)
@@ -68,10 +68,12 @@ VARIANTS = {
     'cpu_two_blocks': ({'num_res_blocks': 2}, CPU, 'the cpu recipe with two residual blocks per level'),
     'cpu_no_attention': ({'attention': False}, CPU, 'the cpu recipe without attention at 7x7'),
     'cpu_beta2': ({}, {**CPU, 'adam_beta2': 0.99}, 'the cpu recipe with AdamW beta2 0.99'),
-    'cpu_muon': ({}, {**CPU, 'optimizer': 'muon'}, 'the cpu recipe with Muon (lr 0.02) for the weight matrices'),
+    'cpu_muon': ({}, {**CPU, 'optimizer': 'muon', 'muon_lr': 0.02}, 'the cpu recipe with Muon (lr 0.02) for the weight matrices'),
+    'cpu_muon_lr0.005': ({}, {**CPU, 'optimizer': 'muon', 'muon_lr': 0.005}, 'the cpu recipe with Muon at lr 0.005'),
+    'cpu_muon_lr0.0025': ({}, {**CPU, 'optimizer': 'muon', 'muon_lr': 0.0025}, 'the cpu recipe with Muon at lr 0.0025'),
     'cpu_muon_lr0.01': ({}, {**CPU, 'optimizer': 'muon', 'muon_lr': 0.01}, 'the cpu recipe with Muon at lr 0.01'),
     'cpu_muon_lr0.04': ({}, {**CPU, 'optimizer': 'muon', 'muon_lr': 0.04}, 'the cpu recipe with Muon at lr 0.04'),
-    'cpu_muon_two_blocks': ({'num_res_blocks': 2}, {**CPU, 'optimizer': 'muon'}, 'Muon, two residual blocks per level'),
+    'cpu_muon_two_blocks': ({'num_res_blocks': 2}, {**CPU, 'optimizer': 'muon', 'muon_lr': 0.02}, 'Muon, two residual blocks per level'),
     'cpu_two_blocks_beta2': ({'num_res_blocks': 2}, {**CPU, 'adam_beta2': 0.99},
                              'the cpu recipe, two residual blocks per level, AdamW beta2 0.99'),
     'cpu_two_blocks_mults124': ({'num_res_blocks': 2, 'channel_mults': (1, 2, 4)}, CPU,

@@ -21,8 +21,8 @@
     python benchmarks/few_step.py --teacher results/checkpoint_final.pt --minutes 10 --num_samples 500 --methods meanflow
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods meanflow --keep  # add a method's rows
 
-Every method starts from the teacher's weights (reflow and flowmap: or, with --reflow_from, an earlier model's) and gets
-the same wall-clock budget on this machine:
+Every method starts from the teacher's weights (reflow and flowmap: or, with --reflow_from, an earlier model's), is
+fine-tuned with AdamW at --lr whatever optimiser trained the teacher, and gets the same wall-clock budget on this machine:
 
 - **MeanFlow**: the teacher's UNet with an interval input (starting at zero), fine-tuned with the MeanFlow loss
   (`--objective meanflow`); sampled with its own jump, one network evaluation per step.
@@ -94,7 +94,7 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
     mc, model = teacher_model(ckpt, source, interval=True)
     tc = replace(ckpt['_train_config'], objective='meanflow', time_sampling='logit_normal', lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
                  warmup_fraction=0.02, meanflow_interval_share=args.interval_share, batch_size=args.batch_size,
-                 max_steps_per_epoch=None, seed=args.seed)
+                 max_steps_per_epoch=None, seed=args.seed, optimizer='adamw')
     state = new_train_state(mc, tc, len(images), device, model=model)
     sps = measure_step_time(state, images, labels)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
@@ -139,7 +139,7 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
     else: mc, model = teacher_model(ckpt, source, interval=False)
     tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times,
                  grid_share=args.grid_share, grid_times=args.grid_times, lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
-                 warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
+                 warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed, optimizer='adamw')
     state = new_train_state(mc, tc, n, device, model=model)
     if args.teacher_targets: state.flow = TeacherTargets(state.flow, teacher)
     sps = measure_step_time(state, x1, y)
@@ -207,7 +207,8 @@ def run_flowmap(teacher, ckpt, source, start_ckpt, minutes, args, device, out_di
     print(f'flowmap: {n} teacher trajectories in {traj_minutes:.1f} min', flush=True)
     mc, model = teacher_model(start_ckpt or ckpt, args.reflow_from or source, interval=True)
     tc = replace(ckpt['_train_config'], objective='meanflow', coupling='independent', grid_share=0.0, lr=args.lr, minutes=minutes,
-                 max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed)
+                 max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed,
+                 optimizer='adamw')
     state = new_train_state(mc, tc, n, device, model=model)
     state.flow = FlowMapTargets(state.flow, torch.linspace(0, 1, FLOWMAP_INTERVALS + 1), args.flowmap_jumps)
     sps = measure_step_time(state, traj)

@@ -197,7 +197,7 @@ def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, Tr
         if args.conditional: mc = replace(mc, num_classes=NUM_CLASSES)
         given = {k: getattr(args, k) for k, cls in _RECIPE_FLAGS.items() if cls is TrainConfig and getattr(args, k) is not None}
         if 'epochs' in given: given['minutes'] = None              # epochs given: the recipe's time budget no longer applies
-        if init is not None: given.setdefault('optimizer', 'adamw')  # fine-tuning: AdamW, which trained the shipped models
+        if init is not None: given.setdefault('optimizer', 'adamw')  # fine-tuning: AdamW (Muon's lr is one for training from scratch)
         if args.compile: given['compile'] = True
         tc = replace(tc, **given)
         if tc.objective == 'meanflow': mc = replace(mc, interval=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fm_mnist.evaluation import (Evaluator, classifier_path, file_sha256, frechet_distance, feature_stats,
                                  nearest_distance, CLASSIFIER_SHA256)
 from conftest import quiet
-from fm_mnist.checkpoint import load_flow, pretrained_path
+from fm_mnist.checkpoint import load_flow, pretrained_path, read_checkpoint
 from fm_mnist.config import EMA_HALFLIFE
 from fm_mnist.cli import evaluate_main
 
@@ -138,6 +138,8 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     bench('benchmarks/few_step.py', *common, '--save_reflow', str(tmp_path / 'stage1.pt'))
     first = json.loads((tmp_path / 'few_step.json').read_text())
     assert [r['nfe'] for r in first['rows'] if r['model'] == 'reflow'] == [1, 2, 4]
+    assert read_checkpoint(teacher)['_train_config'].optimizer == 'muon'              # the cpu recipe's teacher...
+    assert read_checkpoint(tmp_path / 'stage1.pt')['_train_config'].optimizer == 'adamw'  # ...is fine-tuned with AdamW
     # a second stage from the first, with times on the Euler grid, keeps the teacher's rows instead of scoring them again
     bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--grid_share', '0.75', '--pair_seed', '2', '--keep')
     second = json.loads((tmp_path / 'few_step.json').read_text())

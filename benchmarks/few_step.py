@@ -90,12 +90,17 @@ def teacher_model(ckpt, source, interval: bool):
     return mc, model
 
 
+def fine_tune_config(ckpt, minutes, args, **kw):
+    "The teacher's TrainConfig for a fine-tune of `minutes`: AdamW at --lr, whatever optimiser trained the teacher."
+    return replace(ckpt['_train_config'], lr=args.lr, optimizer='adamw', minutes=minutes, max_steps=None, epochs=1,
+                   warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed, **kw)
+
+
 def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
     start = time.perf_counter()
     mc, model = teacher_model(ckpt, source, interval=True)
-    tc = replace(ckpt['_train_config'], objective='meanflow', time_sampling='logit_normal', lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
-                 warmup_fraction=0.02, meanflow_interval_share=args.interval_share, batch_size=args.batch_size,
-                 max_steps_per_epoch=None, seed=args.seed, optimizer='adamw')
+    tc = fine_tune_config(ckpt, minutes, args, objective='meanflow', time_sampling='logit_normal',
+                          meanflow_interval_share=args.interval_share)
     state = new_train_state(mc, tc, len(images), device, model=model)
     sps = measure_step_time(state, images, labels)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
@@ -138,9 +143,8 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
     if start_ckpt is not None:   # a further stage of an earlier reflow: its weights, new pairs
         mc, model = start_ckpt['_model_config'], build_model(start_ckpt, args.reflow_from)
     else: mc, model = teacher_model(ckpt, source, interval=False)
-    tc = replace(ckpt['_train_config'], objective='flow_matching', coupling='independent', time_sampling=args.reflow_times,
-                 grid_share=args.grid_share, grid_times=args.grid_times, lr=args.lr, minutes=minutes, max_steps=None, epochs=1,
-                 warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed, optimizer='adamw')
+    tc = fine_tune_config(ckpt, minutes, args, objective='flow_matching', coupling='independent', time_sampling=args.reflow_times,
+                          grid_share=args.grid_share, grid_times=args.grid_times)
     state = new_train_state(mc, tc, n, device, model=model)
     if args.teacher_targets: state.flow = TeacherTargets(state.flow, teacher)
     sps = measure_step_time(state, x1, y)
@@ -207,9 +211,7 @@ def run_flowmap(teacher, ckpt, source, start_ckpt, minutes, args, device, out_di
     traj_minutes = (time.perf_counter() - start) / 60
     print(f'flowmap: {n} teacher trajectories in {traj_minutes:.1f} min', flush=True)
     mc, model = teacher_model(start_ckpt or ckpt, args.reflow_from or source, interval=True)
-    tc = replace(ckpt['_train_config'], objective='meanflow', coupling='independent', grid_share=0.0, lr=args.lr, minutes=minutes,
-                 max_steps=None, epochs=1, warmup_fraction=0.02, batch_size=args.batch_size, max_steps_per_epoch=None, seed=args.seed,
-                 optimizer='adamw')
+    tc = fine_tune_config(ckpt, minutes, args, objective='meanflow', coupling='independent', grid_share=0.0)
     state = new_train_state(mc, tc, n, device, model=model)
     state.flow = FlowMapTargets(state.flow, torch.linspace(0, 1, FLOWMAP_INTERVALS + 1), args.flowmap_jumps)
     sps = measure_step_time(state, traj)

@@ -288,7 +288,7 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
     if tc.minutes is not None and tc.max_steps is None:                         # a new time-budgeted run: plan its length
         epochs = tc.minutes * 60 / step_s / state.steps_per_epoch
         grids = (PathConfig().grids_per_run if args.sample_every_steps is None else 0) + epochs // args.sample_every + 1
-        spare = tc.minutes * 60 - (time.perf_counter() - start) - grids * grid_s
+        spare = broadcast_from_rank0(tc.minutes * 60 - (time.perf_counter() - start) - grids * grid_s, device)  # process 0's clock: one plan
         if args.sample_every_steps:                       # a grid every k steps: each step also pays a k-th of a grid
             spare *= step_s / (step_s + grid_s / args.sample_every_steps)
         if spare < 10 * step_s: raise UsageError(f'--minutes {tc.minutes:g} leaves no time to train here '

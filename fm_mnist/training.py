@@ -409,8 +409,8 @@ def measure_step_time(state: TrainState, images: torch.Tensor, labels: torch.Ten
         while done < max_steps:
             step(next(it)); done += 1
             if done >= min_steps:
-                sync()
-                if time.perf_counter() - t0 >= min_seconds: break
+                sync()   # process 0's clock decides for all: every step is a collective, so all must stop together
+                if broadcast_from_rank0(time.perf_counter() - t0 >= min_seconds, dev): break
         seconds = (time.perf_counter() - t0) / done
     model_state, opt_state, sched_state, scaler_state, ema_state, step = saved
     state.flow.model.load_state_dict(model_state)

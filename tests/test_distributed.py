@@ -1,5 +1,5 @@
 "Training with several processes: `torchrun` with two CPU processes (gloo) gives the single-process layout and checkpoints."
-import os, shutil, subprocess, sys
+import os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +19,10 @@ def layout(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob('*') if p.is_file())
 
 
-def torchrun(args, tmp: Path, nproc=2):
-    "Run train_main.py under torchrun; torchrun's own scratch folders go into `tmp` (a test's folder), not the system's."
+def torchrun(args, tmp: Path, nproc=2, script: Path = ROOT / 'train_main.py'):
+    "Run `script` (train_main.py) under torchrun; torchrun's own scratch folders go into `tmp` (a test's folder), not the system's."
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TMPDIR': str(tmp)}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', str(ROOT / 'train_main.py'), *args]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', str(script), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -80,3 +80,35 @@ def test_a_failure_on_process_0_stops_every_process(tmp_path, mnist_root):
     assert p.returncode != 0 and time.perf_counter() - t0 < 120            # no waiting for a collective's timeout
     ours = [line for line in p.stderr.splitlines() if line.startswith('fm-train: error:')]   # (torchrun adds its own report)
     assert len(ours) == 2 and any('cannot write to --results_dir' in l for l in ours) and any('process 0 failed' in l for l in ours)
+
+
+def test_a_time_budget_gives_every_process_one_plan(tmp_path, mnist_root):
+    "--minutes: the number of steps comes from process 0's clock, so no process trains a step the others do not."
+    args = [*TINY[:6], '--max_steps_per_epoch', '40', '--minutes', '0.1', *OUTPUT]
+    p = torchrun(args + ['--data_dir', str(mnist_root), '--results_dir', str(tmp_path / 'r')], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = read_checkpoint(tmp_path / 'r' / 'checkpoint_final.pt')
+    assert ckpt['step'] == ckpt['_train_config'].max_steps > 0
+
+MEASURE = """
+import datetime, sys, torch, torch.distributed as dist
+from fm_mnist.config import ModelConfig, TrainConfig
+from fm_mnist.training import new_train_state, measure_step_time
+dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=60))
+rank = dist.get_rank()
+state = new_train_state(ModelConfig(base_channels=8, time_emb_dim=16), TrainConfig(epochs=1, batch_size=8), 64, device='cpu')
+images = torch.rand(64, 1, 28, 28) * 2 - 1
+# process 1 alone would measure for ever: it must stop when process 0 does, or it waits in a step process 0 never takes
+seconds = measure_step_time(state, images, min_seconds=0.0 if rank == 0 else 1e9, max_steps=1000)
+sys.stdout.write(f'rank {rank}: {seconds!r} s per step\\n'); sys.stdout.flush()   # one write: the two processes share the pipe
+dist.destroy_process_group()
+"""
+
+
+def test_processes_stop_measuring_together(tmp_path):
+    "Every measured step exchanges gradients, so process 0's clock decides when all processes stop measuring."
+    script = tmp_path / 'measure.py'; script.write_text(MEASURE)
+    p = torchrun([], tmp_path, script=script)
+    assert p.returncode == 0, p.stderr[-3000:]
+    said = dict(re.findall(r'rank (\d): (\S+) s per step', p.stdout))
+    assert said.keys() == {'0', '1'} and said['0'] == said['1']    # both report process 0's measurement

@@ -1,20 +1,24 @@
 """Few-step models against their teacher: MeanFlow fine-tuning, reflow and a distilled flow map, at equal CPU time.
 
-    # the shipped one-step model, in three stages from the previous teacher (the AdamW model shipped before today's, which
-    # `unconditional` named then; git history has its file): 20 minutes of reflow, 30 more with times on the Euler grid,
-    # 15 at t = 0 alone; results/*.json of the same name hold the teacher's rows that --keep keeps (see the results page)
-    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow --name few_step_current_teacher \\
-        --save_reflow stage1.pt
-    python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow --reflow_from stage1.pt \\
-        --pair_seed 2 --grid_share 0.75 --name few_step_reflow_grid --keep --save_reflow stage2.pt
-    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_from stage2.pt \\
-        --reflow_pairs 12000 --pair_seed 3 --grid_times 0 --grid_share 1 --name few_step_one_step --keep \\
-        --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
     # the shipped few-step model, in one stage from the teacher: 55 minutes jumping at t = 0 and refining like the teacher
     # elsewhere (few_step_teacher_targets_55min.json: the same from the previous teacher)
     python benchmarks/few_step.py --teacher unconditional --minutes 55 --batch_size 32 --methods reflow --reflow_pairs 20000 \\
         --pair_seed 13 --teacher_targets --grid_share 1 --grid_times 0,0,0,0,0,0,0.25,0.5,0.75 --name few_step_muon_teacher \\
         --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
+    # the shipped one-step model: that model, 15 more minutes at t = 0 alone; results/*.json of the same name hold the
+    # teacher's rows that --keep keeps (copy few_step_muon_teacher.json to it first; see the results page)
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
+        --reflow_from fm_mnist/assets/fm_mnist_cpu_few_step.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
+        --name few_step_muon_one_step --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
+    # the first one-step model, in three stages from the previous teacher (the AdamW model shipped before today's, which
+    # `unconditional` named then; git history has its file): 20 minutes of reflow, 30 more with times on the Euler grid,
+    # 15 at t = 0 alone
+    python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods reflow --name few_step_current_teacher \\
+        --save_reflow stage1.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow --reflow_from stage1.pt \\
+        --pair_seed 2 --grid_share 0.75 --name few_step_reflow_grid --keep --save_reflow stage2.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_from stage2.pt \\
+        --reflow_pairs 12000 --pair_seed 3 --grid_times 0 --grid_share 1 --name few_step_one_step --keep --save_reflow one_step.pt
     # the teacher's flow map distilled, against the 20-minute teacher-targets stage (results/few_step_flowmap.json starts as a
     # copy of few_step_teacher_targets_from_teacher.json)
     python benchmarks/few_step.py --teacher unconditional --minutes 20 --batch_size 32 --methods flowmap --reflow_pairs 12000 \\

@@ -39,7 +39,10 @@ fine-tuned with AdamW at --lr whatever optimiser trained the teacher, and gets t
   --grid_times 0 --grid_share 1 every training time is t = 0, the only time one Euler step evaluates: a one-step
   distillation of the pairs, which gives up some of the model's 2- and 4-step quality for its 1-step quality. With
   --teacher_targets every time but t = 0 regresses on the teacher's velocity at the pair's straight-line point instead
-  of the pair's displacement: one network that jumps at t = 0 and refines like the teacher after it.
+  of the pair's displacement: one network that jumps at t = 0 and refines like the teacher after it. With --own_jump
+  (and --grid_share 1) every grid time but 0 starts instead from where the network's own jump reaches, x0 + t v(x0, 0),
+  with the straight velocity from there to the pair's teacher sample as the target: the last Euler step learns to finish
+  the network's own jump.
 
 - **Flow map** (`--methods flowmap`): the teacher's trajectories from seeded noise, kept at t = 0, 1/4, 1/2, 3/4 and 1
   (4 midpoint steps, 8 NFE, as reflow's pairs; the time spent making them counts), and the teacher's UNet with an interval
@@ -136,6 +139,29 @@ class TeacherTargets(FlowMatching):
         return F.mse_loss(self.model(xt, t), target)
 
 
+class OwnJumpTargets(FlowMatching):
+    """Flow matching on fixed (noise, teacher sample) pairs whose target is the pair's displacement x1 - x0 at t = 0, where
+    one Euler step jumps; at every other training time t (grid times, all below 1) the input is where this network's own
+    jump reaches, x_t = x0 + t v(x0, 0) (its current weights, no gradient), and the target is the straight velocity from
+    there to the teacher's sample, (x1 - x_t) / (1 - t). The later Euler steps learn to finish what this network's first
+    step started, at the points sampling gives them, instead of at the pair's straight-line point: a distillation of each
+    step count's last step, with nothing to average (x_t is a function of x0)."""
+    def __init__(self, flow: FlowMatching):
+        self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
+
+    def loss(self, x1, x0=None, t=None, y=None):
+        x1 = x1.to(self.device)
+        x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)   # the speed measurement comes without pairs
+        t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
+        xt, target, later = self.interpolate(x0, x1, t), self.target_velocity(x0, x1), t != 0
+        if later.any():
+            tl = t[later].reshape(-1, 1, 1, 1)
+            with torch.no_grad(): jump = self.model(x0[later], torch.zeros_like(t[later])).float()
+            xt[later] = x0[later] + tl * jump
+            target[later] = (x1[later] - xt[later]) / (1 - tl)
+        return F.mse_loss(self.model(xt, t), target)
+
+
 def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args, device, out_dir):
     start = time.perf_counter()
     n = args.reflow_pairs
@@ -151,6 +177,7 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
                           grid_share=args.grid_share, grid_times=args.grid_times)
     state = new_train_state(mc, tc, n, device, model=model)
     if args.teacher_targets: state.flow = TeacherTargets(state.flow, teacher)
+    if args.own_jump: state.flow = OwnJumpTargets(state.flow)
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
@@ -266,6 +293,8 @@ def main(argv=None):
     p.add_argument('--teacher_targets', action='store_true', help='reflow: train every time but t = 0 on the teacher\'s '
                    'velocity at the pair\'s straight-line point instead of the pair\'s displacement (unconditional teachers): '
                    'a one-step jump, then the teacher\'s refinement, in one network')
+    p.add_argument('--own_jump', action='store_true', help='reflow: at every grid time but 0, start from where the network\'s own '
+                   'jump reaches and regress on the straight velocity to the pair\'s teacher sample (needs --grid_share 1)')
     p.add_argument('--flowmap_jumps', type=comma_list(int, 1, 4, 'jumps'), default=(1, 2, 4), help='flowmap: the numbers of '
                    'equal jumps trained (each equally often), comma-separated, from 1, 2 and 4')
     p.add_argument('--flowmap_substeps', type=int, default=1, help='flowmap: the teacher\'s midpoint steps per quarter of its '
@@ -285,6 +314,10 @@ def main(argv=None):
     if args.teacher_targets and 'reflow' not in args.methods: p.error('--teacher_targets is a setting of --methods reflow')
     if args.teacher_targets and not (args.grid_share > 0 and 0 in args.grid_times):
         p.error('--teacher_targets learns the jump at t = 0 only: give --grid_share > 0 and a --grid_times that includes 0')
+    if args.own_jump and ('reflow' not in args.methods or args.teacher_targets):
+        p.error('--own_jump is a setting of --methods reflow, instead of --teacher_targets')
+    if args.own_jump and not (args.grid_share == 1 and 0 in args.grid_times and max(args.grid_times) < 1):
+        p.error('--own_jump trains at grid times only: give --grid_share 1 and --grid_times below 1 that include 0')
     device = setup(args)
     work = Path(args.work); work.mkdir(parents=True, exist_ok=True)
     source = str(checkpoint_path(args.teacher))
@@ -321,7 +354,8 @@ def main(argv=None):
                            f"then {facts['steps']} steps" + (f" from {args.reflow_from}" if args.reflow_from else '')
                            + (f", {args.grid_share:g} of the times on " + ('the Euler grid' if args.grid_times == EULER_GRID else
                               f"t = {', '.join(f'{g:g}' for g in args.grid_times)}") if args.grid_share else '')
-                           + (", the teacher's velocity as the target at t > 0" if args.teacher_targets else ''))
+                           + (", the teacher's velocity as the target at t > 0" if args.teacher_targets else '')
+                           + (", inputs at t > 0 from the model's own jump" if args.own_jump else ''))
         for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
@@ -344,7 +378,7 @@ def main(argv=None):
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
                      'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from,
-                     'teacher_targets': args.teacher_targets, 'flowmap_jumps': args.flowmap_jumps,
+                     'teacher_targets': args.teacher_targets, 'own_jump': args.own_jump, 'flowmap_jumps': args.flowmap_jumps,
                      'flowmap_substeps': args.flowmap_substeps},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))

@@ -156,6 +156,13 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert "the teacher's velocity as the target" in json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--teacher_targets'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and 'jump at t = 0 only' in p.stderr   # without grid times at 0 nothing would learn the jump
+    # a stage whose later steps start from the model's own jump
+    bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--own_jump', '--grid_share', '1',
+          '--grid_times', '0,0.5', '--keep')
+    assert "from the model's own jump" in json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
+    p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--own_jump', '--grid_share', '1', '--grid_times', '0,1'],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and '--grid_times below 1' in p.stderr   # the target divides by 1 - t
     # the teacher's flow map, distilled from its trajectories into a network with an interval input
     bench('benchmarks/few_step.py', *common, '--methods', 'flowmap', '--keep', '--save_flowmap', str(tmp_path / 'flowmap.pt'))
     third = json.loads((tmp_path / 'few_step.json').read_text())

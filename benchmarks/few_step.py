@@ -116,7 +116,7 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
     sps = measure_step_time(state, images, labels)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'meanflow: {state.total_steps} steps of {tc.batch_size} ({tc.batch_size / sps:.0f} images/s)', flush=True)
-    train(state, images, labels if mc.num_classes else None, progress=args.progress)
+    train(state, images, labels if mc.num_classes else None, progress=args.progress, deadline=start + minutes * 60)
     path = save_checkpoint(state.checkpoint(), out_dir / 'meanflow_checkpoint.pt')
     return state.ema_flow(), {'steps': state.step, 'images_per_s': tc.batch_size / sps, 'minutes': (time.perf_counter() - start) / 60,
                               'checkpoint': str(path)}
@@ -185,7 +185,7 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
-    train(state, x1, y, noise=x0, progress=args.progress)
+    train(state, x1, y, noise=x0, progress=args.progress, deadline=start + minutes * 60)
     path = save_checkpoint(state.checkpoint(), out_dir / 'reflow_checkpoint.pt')
     return state.ema_flow(), {'pairs': n, 'pair_minutes': pair_minutes, 'steps': state.step, 'checkpoint': str(path),
                               'minutes': (time.perf_counter() - start) / 60}
@@ -252,7 +252,7 @@ def run_flowmap(teacher, ckpt, source, start_ckpt, minutes, args, device, out_di
     sps = measure_step_time(state, traj)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'flowmap: {state.total_steps} steps of {tc.batch_size}', flush=True)
-    train(state, traj, progress=args.progress)
+    train(state, traj, progress=args.progress, deadline=start + minutes * 60)
     path = save_checkpoint(state.checkpoint(), out_dir / 'flowmap_checkpoint.pt')
     return state.ema_flow(), {'pairs': n, 'pair_minutes': traj_minutes, 'steps': state.step, 'checkpoint': str(path),
                               'minutes': (time.perf_counter() - start) / 60}

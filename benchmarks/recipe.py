@@ -7,7 +7,7 @@
 
 Each variant is a base recipe with a few settings changed (VARIANTS below), trained from the
 same seed on the same batches, either for a fixed number of training images or for a fixed wall-clock budget (the
-library's own time planning). Its EMA model is then scored by the project's evaluator: N samples (2,000 by default),
+library's own time planning: a first plan from a measured speed, then the run's own pace up to the deadline). Its EMA model is then scored by the project's evaluator: N samples (2,000 by default),
 seed 0, midpoint with 4 steps (8 NFE), and with --euler100 also Euler with 100 steps; FID (with the real-data floor at the
 same N), confidence and class TV from uniform. Results accumulate in NAME.json (a variant already there is skipped unless
 --rerun), and NAME.md holds the table. Trained models are kept in --cache, so scoring can be redone without training.
@@ -101,7 +101,8 @@ def run_variant(name, budget_kind, budget, images, labels, device, cache: Path, 
     sps = measure_step_time(state, images, labels)
     if budget_kind == 'minutes': plan_steps(state, budget * 60, sps)
     t0 = time.perf_counter()
-    train(state, images, labels if mc.num_classes else None, progress=False)
+    train(state, images, labels if mc.num_classes else None, progress=False,
+          deadline=t0 + budget * 60 if budget_kind == 'minutes' else None)   # the plan is a first guess; the deadline holds
     seconds = time.perf_counter() - t0
     facts = {'steps': state.step, 'images': state.step * tc.batch_size, 'train_seconds': round(seconds, 1),
              'images_per_s': round(state.step * tc.batch_size / seconds, 1), 'final_loss': sum(state.losses[-50:]) / min(50, len(state.losses)),

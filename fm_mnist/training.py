@@ -23,7 +23,7 @@ from .performance import (amp_settings, use_channels_last, match_optimizer_layou
 __all__ = ['MUON_EXCLUDED', 'NOTEBOOK_MODEL', 'epoch_indices', 'epoch_batches', 'steps_per_epoch', 'run_steps', 'warmup_length',
            'EMA', 'lr_factor', 'newton_schulz', 'muon_parameters', 'Muon', 'make_optimizer', 'NonFiniteLossError',
            'TrainState', 'new_train_state', 'resume_train_state', 'train_step', 'train', 'measure_step_time',
-           'plan_steps', 'plot_loss']
+           'plan_steps', 'replan_steps', 'plot_loss']
 
 # %% ../nbs/60_training.ipynb #c0ff6550
 def epoch_indices(n: int, batch_size: int, seed: int, epoch: int, max_steps: int | None = None,
@@ -336,10 +336,11 @@ def _in_fork(state: TrainState, fn: Callable[[TrainState], None]):
 def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None = None,
           on_epoch_end: Callable[[TrainState], None] | None = None,
           every_steps: tuple[int, Callable[[TrainState], None]] | None = None, progress: bool = True,
-          noise: torch.Tensor | None = None) -> TrainState:
+          noise: torch.Tensor | None = None, deadline: float | None = None) -> TrainState:
     """Train `state` on `images` `(N, 1, 28, 28)` in [-1, 1] (and `labels` `(N,)` for a conditional model) up to its planned
-    length; `noise` `(N, 1, 28, 28)` fixes the noise paired with each image (reflow, the few-step notebook). Under
-    `torch.distributed` every process takes its share of each batch (the *Speed and scale* notebook)."""
+    length; `noise` `(N, 1, 28, 28)` fixes the noise paired with each image (reflow, the few-step notebook). With a
+    `deadline` (a `time.perf_counter()` value) the plan follows the run's own pace so as to end then (`replan_steps`).
+    Under `torch.distributed` every process takes its share of each batch (the *Speed and scale* notebook)."""
     tc, dev = state.train_config, state.flow.device
     rank, world = distributed_info()
     if tc.batch_size % world: raise ValueError(f"the batch size {tc.batch_size} must be divisible by the number of processes {world}")
@@ -349,9 +350,11 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
         noise = noise.to(dev)
     if rank > 0: torch.manual_seed(tc.seed + 7919 * rank + state.step)  # each process draws its own noise and times
     state.flow.model.train()
-    for epoch in range(state.epoch + 1, state.total_epochs + 1):
-        n_steps = min(state.steps_per_epoch, state.total_steps - state.step)
-        bar = tqdm(total=n_steps, desc=f'epoch {epoch}/{state.total_epochs}', disable=not progress or rank > 0, leave=True)
+    pace = None                                            # (time, step) where the pace is measured from
+    while state.step < state.total_steps:                  # epoch by epoch: a deadline's plan may move the end
+        epoch, first = state.epoch + 1, state.step
+        bar = tqdm(total=min(state.steps_per_epoch, state.total_steps - first), desc=f'epoch {epoch}/{state.total_epochs}',
+                   disable=not progress or rank > 0, leave=True)
         pending, t0, seen = [], time.perf_counter(), 0
         def flush():
             nonlocal pending
@@ -368,12 +371,18 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
             state.losses.extend(vals)
             bar.update(len(vals))
             bar.set_postfix(loss=f'{sum(vals) / len(vals):.4f}', img_per_s=f'{seen / (time.perf_counter() - t0):.0f}')
-        for idx in epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, n_steps, dev):
+        for idx in epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, state.steps_per_epoch, dev):
+            if state.step >= state.total_steps: break
             idx = idx.tensor_split(world)[rank]                    # this process's share of the global batch
             pending.append(train_step(state, images[idx], amp, amp_dtype, None if labels is None else labels[idx], tflow,
                                       None if noise is None else noise[idx]))
             seen += tc.batch_size
-            if len(pending) >= tc.log_every: flush()
+            if len(pending) >= tc.log_every:
+                flush()
+                if deadline is not None:
+                    if pace is None: pace = (time.perf_counter(), state.step)   # after the first steps' one-off costs
+                    elif replan_steps(state, deadline, *pace):
+                        bar.total = min(state.steps_per_epoch, state.total_steps - first); bar.refresh()
             if every_steps is not None and state.step % every_steps[0] == 0 and state.step < state.total_steps:
                 flush()
                 _in_fork(state, every_steps[1])
@@ -427,6 +436,17 @@ def plan_steps(state: TrainState, seconds: float, seconds_per_step: float) -> in
     state.train_config.max_steps = max(1, int(seconds / seconds_per_step))
     state.refresh_schedule()
     return state.train_config.max_steps
+
+def replan_steps(state: TrainState, deadline: float, since: float, since_step: int) -> bool:
+    """Re-plan the run's length to end at `deadline` (a `time.perf_counter()` value) at the pace it has kept since
+    `(since, since_step)`, its callbacks included; process 0's clock decides. True if the plan changed."""
+    now = time.perf_counter()
+    pace = (now - since) / max(1, state.step - since_step)
+    steps = broadcast_from_rank0(state.step + int(max(0.0, deadline - now) / pace), state.flow.device)
+    if steps == state.total_steps: return False
+    state.train_config.max_steps = max(1, steps)
+    state.refresh_schedule()
+    return True
 
 # %% ../nbs/60_training.ipynb #3d5cb209
 def plot_loss(losses, smooth: int = 25, ax=None):

@@ -25,8 +25,9 @@ from .utils import (SampleArrayWriter, get_device, save_samples_as_images, save_
                             save_trajectory_gif, visualize_samples)
 
 # %% auto #0
-__all__ = ['GRID_LIMIT', 'UsageError', 'RunError', 'run_cli', 'positive', 'train_parser', 'train_main', 'generate_parser',
-           'load_model_from_args', 'generate_main', 'evaluate_parser', 'format_results', 'evaluate_main']
+__all__ = ['PROGRESS_SAMPLING', 'GRID_LIMIT', 'UsageError', 'RunError', 'run_cli', 'positive', 'train_parser', 'train_main',
+           'generate_parser', 'load_model_from_args', 'generate_main', 'evaluate_parser', 'format_results',
+           'evaluate_main']
 
 # %% ../nbs/95_scripts.ipynb #ea90b870
 class UsageError(Exception):
@@ -120,7 +121,8 @@ def _sampling_for(flow, args) -> dict:
                                         f'{", ".join(SOLVERS)}') from None
     try: flow.check_sampling(solver, args.guidance_scale)
     except ValueError as e: raise UsageError(str(e)) from None
-    return dict(num_steps=args.num_steps, solver=solver, guidance_scale=args.guidance_scale, rtol=args.rtol, atol=args.atol)
+    return dict(num_steps=args.num_steps or SampleConfig.num_steps, solver=solver, guidance_scale=args.guidance_scale,
+                rtol=args.rtol, atol=args.atol)
 
 def _describe(flow, kw: dict, nfe: int, labels, digit=None) -> str:
     steps = f'{kw["num_steps"]} steps' if kw['solver'] != 'dopri5' else f'rtol {kw["rtol"]}, atol {kw["atol"]}'
@@ -178,7 +180,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', nargs='?', const='latest', metavar='CHECKPOINT',
                    help='continue from the newest checkpoint in --results_dir, or from CHECKPOINT')
     p.add_argument('--num_samples', type=positive(), default=sc.num_samples, help='samples per grid')
-    _add_sampling_flags(p, 'solver steps when sampling')
+    _add_sampling_flags(p, f'solver steps when sampling (default: {sc.num_steps}; the grids along the way, samples_step_N.png: '
+                           f'{PROGRESS_SAMPLING["num_steps"]} {PROGRESS_SAMPLING["solver"]} steps unless --solver or --num_steps is given)')
+    p.set_defaults(num_steps=None)                          # None: not given (see the help above)
     p.add_argument('--no_progress', action='store_true', help='no progress bar')
     return p
 
@@ -218,19 +222,27 @@ def _save_samples(flow, args, seed: int, grid: Path, individual: Path | None = N
     if individual is not None: save_samples_as_images(samples, individual, prefix='sample')
     if npy is not None: save_samples_as_numpy(samples, npy)
 
-def _seconds_per_grid(flow, args, device) -> float:
-    """Seconds one sample grid takes: one Euler step on the grid's batch (guided like the grid's, so counting its forward
-    passes), timed after an untimed one that pays the first call's costs, times the grid's steps."""
+PROGRESS_SAMPLING = {'solver': 'midpoint', 'num_steps': 4}  # samples_step_N.png: 8 NFE, a twelfth of 100 Euler steps
+
+def _progress_args(flow, args) -> argparse.Namespace:
+    """The flags of the progress grids (samples_step_N.png): `PROGRESS_SAMPLING`, unless --solver or --num_steps was
+    given or the model has a solver of its own."""
+    if args.solver is not None or args.num_steps is not None or flow.default_solver: return args
+    return argparse.Namespace(**{**vars(args), **PROGRESS_SAMPLING})
+
+def _seconds_per_grid(flow, device, *each_args) -> list[float]:
+    """Seconds one sample grid takes with each of `each_args`: one Euler step on the grid's batch (guided like the grid's,
+    so counting its forward passes), timed after an untimed one that pays the first call's costs, times the grid's steps."""
     def measure():
-        kw = _sampling_for(flow, args)
-        per_step = _all_solvers().get(kw['solver']) or 6                      # dopri5: about 6 per step
-        step = lambda: flow.sample(num_samples=args.num_samples, num_steps=1, seed=0, solver='euler',
-                                   batch_size=min(args.num_samples, 256), labels=cycle_labels(args.num_samples, flow.num_classes),
-                                   guidance_scale=kw['guidance_scale'])
+        kws = [_sampling_for(flow, args) for args in each_args]
+        n = each_args[0].num_samples
+        step = lambda: flow.sample(num_samples=n, num_steps=1, seed=0, solver='euler', batch_size=min(n, 256),
+                                   labels=cycle_labels(n, flow.num_classes), guidance_scale=kws[0]['guidance_scale'])
         step()
         t0 = time.perf_counter()
         step()
-        return (time.perf_counter() - t0) * per_step * kw['num_steps']
+        one = time.perf_counter() - t0
+        return [one * (_all_solvers().get(kw['solver']) or 6) * kw['num_steps'] for kw in kws]   # dopri5: about 6 per step
     return broadcast_from_rank0(agree_on_failure(measure, device), device)
 
 def _duration(seconds: float) -> str:
@@ -283,21 +295,25 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
         except ValueError as e: raise UsageError(str(e)) from None
         recipe = _recipe_line(recipe, state.train_config)
     tc, kind = state.train_config, 'class-conditional' if state.flow.num_classes else 'unconditional'
-    grid_s = _seconds_per_grid(state.ema_flow(), args, device)
+    progress = _progress_args(state.flow, args)                 # the grids along the way; epoch grids and the final ones: args
+    grid_s, progress_s = _seconds_per_grid(state.ema_flow(), device, args, progress)
     step_s = measure_step_time(state, images, labels)
+    deadline = None
     if tc.minutes is not None and tc.max_steps is None:                         # a new time-budgeted run: plan its length
         epochs = tc.minutes * 60 / step_s / state.steps_per_epoch
-        grids = (PathConfig().grids_per_run if args.sample_every_steps is None else 0) + epochs // args.sample_every + 1
-        spare = broadcast_from_rank0(tc.minutes * 60 - (time.perf_counter() - start) - grids * grid_s, device)  # process 0's clock: one plan
+        grids_s = ((PathConfig().grids_per_run if args.sample_every_steps is None else 0) * progress_s
+                   + (epochs // args.sample_every + 1) * grid_s)      # the grids along the way, the epochs' and the final one
+        spare = broadcast_from_rank0(tc.minutes * 60 - (time.perf_counter() - start) - grids_s, device)  # process 0's clock: one plan
         if args.sample_every_steps:                       # a grid every k steps: each step also pays a k-th of a grid
-            spare *= step_s / (step_s + grid_s / args.sample_every_steps)
+            spare *= step_s / (step_s + progress_s / args.sample_every_steps)
         if spare < 10 * step_s: raise UsageError(f'--minutes {tc.minutes:g} leaves no time to train here '
                                                  f'({step_s:.2f} s per step, {grid_s:.1f} s per sample grid)')
         plan_steps(state, spare, step_s)
+        deadline = start + tc.minutes * 60 - grid_s          # training keeps to it at its own pace; then the final samples
     every = args.sample_every_steps or (max(1, state.total_steps // PathConfig().grids_per_run) if tc.minutes else None)
     left = state.total_steps - state.step
-    grids = (every and left // every or 0) + (state.total_epochs - state.epoch) // args.sample_every + 1
-    estimate = left * step_s + grids * grid_s
+    estimate = (left * step_s + (every and left // every or 0) * progress_s
+                + ((state.total_epochs - state.epoch) // args.sample_every + 1) * grid_s)
     say(f'recipe: {recipe} ({why}); {tc.batch_size / step_s:.0f} images/s measured on {device}{f" x {world}" if world > 1 else ""}: '
         f'{left:,} steps ({left / state.steps_per_epoch:.1f} epochs) in about {_duration(estimate)}', flush=True)
     say(f'training on {device}: {kind} {tc.objective}, {count_parameters(state.flow.model):,} parameters, batch {tc.batch_size}, '
@@ -316,10 +332,10 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
         clock[:] = [time.perf_counter(), st.step]  # the next epoch's time excludes sampling and saving
 
     def on_steps(st: TrainState):
-        _save_samples(st.ema_flow(), args, tc.seed, results / f'samples_step_{st.step}.png')
+        _save_samples(st.ema_flow(), progress, tc.seed, results / f'samples_step_{st.step}.png')
 
     try: train(state, images, labels, on_epoch_end=on_epoch_end, every_steps=(every, on_steps) if every else None,
-               progress=not args.no_progress)
+               progress=not args.no_progress, deadline=deadline)
     except KeyboardInterrupt:
         last = f'continue from {saved[-1]} with --resume' if saved else 'no checkpoint was written yet'
         raise KeyboardInterrupt(f'interrupted during epoch {state.epoch + 1}; {last}') from None

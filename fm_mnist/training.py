@@ -371,6 +371,12 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
             state.losses.extend(vals)
             bar.update(len(vals))
             bar.set_postfix(loss=f'{sum(vals) / len(vals):.4f}', img_per_s=f'{seen / (time.perf_counter() - t0):.0f}')
+        def keep_to_deadline():                            # after a flush: the host has waited for the device
+            nonlocal pace
+            if deadline is None: return
+            if pace is None: pace = (time.perf_counter(), state.step)   # after the first steps' one-off costs
+            elif replan_steps(state, deadline, *pace):
+                bar.total = min(state.steps_per_epoch, state.total_steps - first); bar.refresh()
         for idx in epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, state.steps_per_epoch, dev):
             if state.step >= state.total_steps: break
             idx = idx.tensor_split(world)[rank]                    # this process's share of the global batch
@@ -378,15 +384,11 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
                                       None if noise is None else noise[idx]))
             seen += tc.batch_size
             if len(pending) >= tc.log_every:
-                flush()
-                if deadline is not None:
-                    if pace is None: pace = (time.perf_counter(), state.step)   # after the first steps' one-off costs
-                    elif replan_steps(state, deadline, *pace):
-                        bar.total = min(state.steps_per_epoch, state.total_steps - first); bar.refresh()
+                flush(); keep_to_deadline()
             if every_steps is not None and state.step % every_steps[0] == 0 and state.step < state.total_steps:
                 flush()
                 _in_fork(state, every_steps[1])
-        flush()
+        flush(); keep_to_deadline()                        # short epochs too: the plan may end here, or go on
         bar.close()
         state.epoch = epoch
         if on_epoch_end is not None: _in_fork(state, on_epoch_end)
@@ -440,8 +442,9 @@ def plan_steps(state: TrainState, seconds: float, seconds_per_step: float) -> in
 def replan_steps(state: TrainState, deadline: float, since: float, since_step: int) -> bool:
     """Re-plan the run's length to end at `deadline` (a `time.perf_counter()` value) at the pace it has kept since
     `(since, since_step)`, its callbacks included; process 0's clock decides. True if the plan changed."""
+    if state.step <= since_step: return False
     now = time.perf_counter()
-    pace = (now - since) / max(1, state.step - since_step)
+    pace = (now - since) / (state.step - since_step)
     steps = broadcast_from_rank0(state.step + int(max(0.0, deadline - now) / pace), state.flow.device)
     if steps == state.total_steps: return False
     state.train_config.max_steps = max(1, steps)

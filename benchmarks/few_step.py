@@ -122,42 +122,46 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
                               'checkpoint': str(path)}
 
 
-class TeacherTargets(FlowMatching):
+class PairTargets(FlowMatching):
+    "Flow matching on fixed (noise, teacher sample) pairs, the same network and settings as `flow`, with targets of its own."
+    def __init__(self, flow: FlowMatching):
+        self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
+
+    def pairs(self, x1, x0, t):
+        """`(x0, x1, t, x_t, target, later)`: the batch on the device (noise drawn when the speed measurement comes without
+        pairs), the straight-line point, the pair's displacement as the target, and which times are not 0."""
+        x1 = x1.to(self.device)
+        x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)
+        t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
+        return x0, x1, t, self.interpolate(x0, x1, t), self.target_velocity(x0, x1), t != 0
+
+
+class TeacherTargets(PairTargets):
     """Flow matching on fixed (noise, teacher sample) pairs whose target is the pair's displacement x1 - x0 at t = 0, where
     one Euler step jumps, and the teacher's own velocity at the pair's straight-line point at every other training time
     (with --grid_share 1, the grid's other points): one network that jumps like a one-step model and then refines like its
     teacher (unconditional models)."""
     def __init__(self, flow: FlowMatching, teacher: FlowMatching):
-        self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
+        super().__init__(flow)
         self.teacher = teacher
         teacher.model.eval().requires_grad_(False)   # fixed targets: no dropout noise, no gradients
 
     def loss(self, x1, x0=None, t=None, y=None):
-        x1 = x1.to(self.device)
-        x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)   # the speed measurement comes without pairs
-        t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
-        xt = self.interpolate(x0, x1, t)
-        target, later = self.target_velocity(x0, x1), t != 0
+        x0, x1, t, xt, target, later = self.pairs(x1, x0, t)
         if later.any():   # the teacher is asked only where its velocity is the target
             with torch.no_grad(): target[later] = self.teacher.model(xt[later], t[later]).float()
         return F.mse_loss(self.model(xt, t), target)
 
 
-class OwnJumpTargets(FlowMatching):
+class OwnJumpTargets(PairTargets):
     """Flow matching on fixed (noise, teacher sample) pairs whose target is the pair's displacement x1 - x0 at t = 0, where
     one Euler step jumps; at every other training time t (grid times, all below 1) the input is where this network's own
     jump reaches, x_t = x0 + t v(x0, 0) (its current weights, no gradient), and the target is the straight velocity from
     there to the teacher's sample, (x1 - x_t) / (1 - t). The later Euler steps learn to finish what this network's first
     step started, at the points sampling gives them, instead of at the pair's straight-line point: a distillation of each
     step count's last step, with nothing to average (x_t is a function of x0)."""
-    def __init__(self, flow: FlowMatching):
-        self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
-
     def loss(self, x1, x0=None, t=None, y=None):
-        x1 = x1.to(self.device)
-        x0 = self.draw_noise(x1) if x0 is None else x0.to(self.device)   # the speed measurement comes without pairs
-        t = self.sample_time(x1.shape[0]) if t is None else t.to(self.device)
-        xt, target, later = self.interpolate(x0, x1, t), self.target_velocity(x0, x1), t != 0
+        x0, x1, t, xt, target, later = self.pairs(x1, x0, t)
         if later.any():
             tl = t[later].reshape(-1, 1, 1, 1)
             with torch.no_grad(): jump = self.model(x0[later], torch.zeros_like(t[later])).float()

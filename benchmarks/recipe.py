@@ -7,9 +7,10 @@
 
 Each variant is a base recipe with a few settings changed (VARIANTS below), trained from the
 same seed on the same batches, either for a fixed number of training images or for a fixed wall-clock budget (the
-library's own time planning: a first plan from a measured speed, then the run's own pace up to the deadline). Its EMA model is then scored by the project's evaluator: N samples (2,000 by default),
-seed 0, midpoint with 4 steps (8 NFE), and with --euler100 also Euler with 100 steps; FID (with the real-data floor at the
-same N), confidence and class TV from uniform. Results accumulate in NAME.json (a variant already there is skipped unless
+library's own time planning: a first plan from a measured speed, then the run's own pace up to the deadline). Its EMA
+model is then scored by the project's evaluator: N samples (2,000 by default), seed 0, midpoint with 4 steps (8 NFE),
+and with --euler100 also Euler with 100 steps; FID (with the real-data floor at the same N), confidence and class TV
+from uniform. Results accumulate in NAME.json (a variant already there is skipped unless
 --rerun), and NAME.md holds the table. Trained models are kept in --cache, so scoring can be redone without training.
 """
 import argparse, json, time

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ['--sample_every', '1', '--checkpoint_every', '1', '--num_samples', '6', '--num_steps', '3', '--device', 'cpu', '--no_progress']
-TINY = ['--base_channels', '8', '--time_emb_dim', '16', '--batch_size', '32', '--max_steps_per_epoch', '3', '--epochs', '2', *OUTPUT]
+MODEL = ['--base_channels', '8', '--time_emb_dim', '16', '--batch_size', '32']
+TINY = [*MODEL, '--max_steps_per_epoch', '3', '--epochs', '2', *OUTPUT]
 
 
 def layout(d: Path) -> list[str]:
@@ -84,11 +85,12 @@ def test_a_failure_on_process_0_stops_every_process(tmp_path, mnist_root):
 
 def test_a_time_budget_gives_every_process_one_plan(tmp_path, mnist_root):
     "--minutes: the number of steps comes from process 0's clock, so no process trains a step the others do not."
-    args = [*TINY[:6], '--max_steps_per_epoch', '40', '--minutes', '0.1', *OUTPUT]
+    args = [*MODEL, '--max_steps_per_epoch', '40', '--minutes', '0.1', *OUTPUT]
     p = torchrun(args + ['--data_dir', str(mnist_root), '--results_dir', str(tmp_path / 'r')], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     ckpt = read_checkpoint(tmp_path / 'r' / 'checkpoint_final.pt')
     assert ckpt['step'] == ckpt['_train_config'].max_steps > 0
+
 
 MEASURE = """
 import datetime, sys, torch, torch.distributed as dist

@@ -315,17 +315,21 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
     estimate = (left * step_s + (every and left // every or 0) * progress_s
                 + ((state.total_epochs - state.epoch) // args.sample_every + 1) * grid_s)
     say(f'recipe: {recipe} ({why}); {tc.batch_size / step_s:.0f} images/s measured on {device}{f" x {world}" if world > 1 else ""}: '
-        f'{left:,} steps ({left / state.steps_per_epoch:.1f} epochs) in about {_duration(estimate)}', flush=True)
+        f'{"about " * (deadline is not None)}{left:,} steps ({left / state.steps_per_epoch:.1f} epochs) in about {_duration(estimate)}'
+        + (', re-planned as it goes' if deadline is not None else ''), flush=True)
     say(f'training on {device}: {kind} {tc.objective}, {count_parameters(state.flow.model):,} parameters, batch {tc.batch_size}, '
         f'{state.steps_per_epoch} steps per epoch; results in {results}/', flush=True)
 
     saved = [path] if args.resume else []  # checkpoints of this run, newest last
     clock = [time.perf_counter(), state.step]  # when and at which step the current epoch started
+    plan = [state.total_steps]                  # the length last announced: a deadline may move it
 
     def on_epoch_end(st: TrainState):  # called on process 0 only
         e, now, n = st.epoch, time.perf_counter(), st.step - clock[1]
         say(f'epoch {e}/{st.total_epochs}: mean loss {sum(st.losses[-n:]) / max(n, 1):.4f}, {now - clock[0]:.1f} s, '
-            f'{n * tc.batch_size / (now - clock[0]):.0f} images/s', flush=True)
+            f'{n * tc.batch_size / (now - clock[0]):.0f} images/s'
+            + (f'; the plan is now {st.total_steps:,} steps' if st.total_steps != plan[0] else ''), flush=True)
+        plan[0] = st.total_steps
         if e % args.sample_every == 0:
             _save_samples(st.ema_flow(), args, tc.seed, results / f'samples_epoch_{e}.png', results / 'individual_samples' / f'epoch_{e}')
         if e % args.checkpoint_every == 0: saved.append(save_checkpoint(st.checkpoint(), results / f'checkpoint_epoch_{e}.pt'))

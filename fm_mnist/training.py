@@ -376,7 +376,8 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
             if deadline is None: return
             if pace is None: pace = (time.perf_counter(), state.step)   # after the first steps' one-off costs
             elif replan_steps(state, deadline, *pace):
-                bar.total = min(state.steps_per_epoch, state.total_steps - first); bar.refresh()
+                bar.total = min(state.steps_per_epoch, state.total_steps - first)
+                bar.set_description(f'epoch {epoch}/{state.total_epochs}'); bar.refresh()
         for idx in epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, state.steps_per_epoch, dev):
             if state.step >= state.total_steps: break
             idx = idx.tensor_split(world)[rank]                    # this process's share of the global batch

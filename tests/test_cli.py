@@ -142,6 +142,9 @@ def test_a_time_budget_is_kept(mnist_root, tmp_path, monkeypatch, guess):
     assert 0.6 * 30 < took < 2 * 30, took
     # a wrong first guess does not stand: the run goes on at its own pace (the tiny model takes far less than 0.2 s a step)
     if guess: assert read_checkpoint(tmp_path / 'checkpoint_final.pt', for_resume=True)['step'] > 2 * 30 / guess
+    # the first line gives the first plan as a guess; an epoch's line says when the plan has moved since
+    assert 're-planned as it goes' in out.splitlines()[0]
+    if guess: assert 'the plan is now' in out
 
 
 def test_first_line_names_the_recipe_and_why(mnist_root, tmp_path):

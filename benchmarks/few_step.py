@@ -14,6 +14,11 @@
     python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow \\
         --reflow_from fm_mnist/assets/fm_mnist_cpu_few_step.pt --reflow_pairs 20000 --pair_seed 15 --own_jump --grid_share 1 \\
         --grid_times 0,0.5 --name few_step_muon_own_jump --keep
+    # that one-step stage with the pseudo-Huber loss instead of the squared error (not shipped: the results page; copy
+    # few_step_muon_teacher.json to few_step_muon_one_step_huber.json first)
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
+        --reflow_from fm_mnist/assets/fm_mnist_cpu_few_step.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
+        --loss pseudo_huber --name few_step_muon_one_step_huber --keep
     # the first one-step model, in three stages from the previous teacher (the AdamW model shipped before today's, which
     # `unconditional` named then; git history has its file): 20 minutes of reflow, 30 more with times on the Euler grid,
     # 15 at t = 0 alone
@@ -46,7 +51,8 @@ fine-tuned with AdamW at --lr whatever optimiser trained the teacher, and gets t
   of the pair's displacement: one network that jumps at t = 0 and refines like the teacher after it. With --own_jump
   (and --grid_share 1) every grid time but 0 starts instead from where the network's own jump reaches, x0 + t v(x0, 0),
   with the straight velocity from there to the pair's teacher sample as the target: the last Euler step learns to finish
-  the network's own jump.
+  the network's own jump. With --loss pseudo_huber every reflow target is fitted under the pseudo-Huber distance per
+  sample instead of the squared error.
 
 - **Flow map** (`--methods flowmap`): the teacher's trajectories from seeded noise, kept at t = 0, 1/4, 1/2, 3/4 and 1
   (4 midpoint steps, 8 NFE, as reflow's pairs; the time spent making them counts), and the teacher's UNet with an interval
@@ -122,10 +128,30 @@ def run_meanflow(ckpt, source, images, labels, minutes, args, device, out_dir):
                               'checkpoint': str(path)}
 
 
+PSEUDO_HUBER_C = 0.00054 * 28   # Song & Dhariwal's c = 0.00054 sqrt(d) for d = 28 * 28 values in [-1, 1]
+
+
+def pseudo_huber(v, target, c: float = PSEUDO_HUBER_C):
+    """The pseudo-Huber distance per sample, sqrt(|v - target|^2 + c^2) - c, averaged over the batch (Song & Dhariwal 2023,
+    consistency models; Lee et al. 2024 for rectified flows): about |v - target| once the error is well above c, so a
+    sample far off pulls no harder than one near, where the squared error lets the worst samples dominate."""
+    d = (v.float() - target.float()).flatten(1)
+    return (torch.sqrt(d.pow(2).sum(1) + c * c) - c).mean()
+
+
 class PairTargets(FlowMatching):
-    "Flow matching on fixed (noise, teacher sample) pairs, the same network and settings as `flow`, with targets of its own."
+    """Flow matching on fixed (noise, teacher sample) pairs, the same network and settings as `flow`: the pair's
+    displacement at its straight-line point, as plain reflow, under `distance` (the squared error, or `pseudo_huber`);
+    the subclasses give targets of their own."""
+    distance = staticmethod(F.mse_loss)
+
     def __init__(self, flow: FlowMatching):
         self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
+
+    def loss(self, x1, x0=None, t=None, y=None):
+        x0, x1, t, xt, target, _ = self.pairs(x1, x0, t)
+        if self.num_classes is None: return self.distance(self.model(xt, t), target)
+        return self.distance(self.model(xt, t, None if y is None else self.drop_labels(y.to(self.device))), target)
 
     def pairs(self, x1, x0, t):
         """`(x0, x1, t, x_t, target, later)`: the batch on the device (noise drawn when the speed measurement comes without
@@ -150,7 +176,7 @@ class TeacherTargets(PairTargets):
         x0, x1, t, xt, target, later = self.pairs(x1, x0, t)
         if later.any():   # the teacher is asked only where its velocity is the target
             with torch.no_grad(): target[later] = self.teacher.model(xt[later], t[later]).float()
-        return F.mse_loss(self.model(xt, t), target)
+        return self.distance(self.model(xt, t), target)
 
 
 class OwnJumpTargets(PairTargets):
@@ -167,7 +193,7 @@ class OwnJumpTargets(PairTargets):
             with torch.no_grad(): jump = self.model(x0[later], torch.zeros_like(t[later])).float()
             xt[later] = x0[later] + tl * jump
             target[later] = (x1[later] - xt[later]) / (1 - tl)
-        return F.mse_loss(self.model(xt, t), target)
+        return self.distance(self.model(xt, t), target)
 
 
 def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args, device, out_dir):
@@ -185,7 +211,9 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
                           grid_share=args.grid_share, grid_times=args.grid_times)
     state = new_train_state(mc, tc, n, device, model=model)
     if args.teacher_targets: state.flow = TeacherTargets(state.flow, teacher)
-    if args.own_jump: state.flow = OwnJumpTargets(state.flow)
+    elif args.own_jump: state.flow = OwnJumpTargets(state.flow)
+    elif args.loss != 'mse': state.flow = PairTargets(state.flow)
+    if args.loss == 'pseudo_huber': state.flow.distance = pseudo_huber
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
@@ -303,6 +331,8 @@ def main(argv=None):
                    'a one-step jump, then the teacher\'s refinement, in one network')
     p.add_argument('--own_jump', action='store_true', help='reflow: at every grid time but 0, start from where the network\'s own '
                    'jump reaches and regress on the straight velocity to the pair\'s teacher sample (needs --grid_share 1)')
+    p.add_argument('--loss', default='mse', choices=('mse', 'pseudo_huber'), help='reflow: the distance to the targets, the '
+                   'squared error or the pseudo-Huber distance per sample (sqrt(|error|^2 + c^2) - c, c = 0.00054 * 28)')
     p.add_argument('--flowmap_jumps', type=comma_list(int, 1, 4, 'jumps'), default=(1, 2, 4), help='flowmap: the numbers of '
                    'equal jumps trained (each equally often), comma-separated, from 1, 2 and 4')
     p.add_argument('--flowmap_substeps', type=int, default=1, help='flowmap: the teacher\'s midpoint steps per quarter of its '
@@ -322,6 +352,7 @@ def main(argv=None):
     if args.teacher_targets and 'reflow' not in args.methods: p.error('--teacher_targets is a setting of --methods reflow')
     if args.teacher_targets and not (args.grid_share > 0 and 0 in args.grid_times):
         p.error('--teacher_targets learns the jump at t = 0 only: give --grid_share > 0 and a --grid_times that includes 0')
+    if args.loss != 'mse' and 'reflow' not in args.methods: p.error('--loss is a setting of --methods reflow')
     if args.own_jump and ('reflow' not in args.methods or args.teacher_targets):
         p.error('--own_jump is a setting of --methods reflow, instead of --teacher_targets')
     if args.own_jump and not (args.grid_share == 1 and 0 in args.grid_times and max(args.grid_times) < 1):
@@ -363,7 +394,8 @@ def main(argv=None):
                            + (f", {args.grid_share:g} of the times on " + ('the Euler grid' if args.grid_times == EULER_GRID else
                               f"t = {', '.join(f'{g:g}' for g in args.grid_times)}") if args.grid_share else '')
                            + (", the teacher's velocity as the target at t > 0" if args.teacher_targets else '')
-                           + (", inputs at t > 0 from the model's own jump" if args.own_jump else ''))
+                           + (", inputs at t > 0 from the model's own jump" if args.own_jump else '')
+                           + (', the pseudo-Huber loss' if args.loss == 'pseudo_huber' else ''))
         for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
@@ -386,7 +418,7 @@ def main(argv=None):
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
                      'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from,
-                     'teacher_targets': args.teacher_targets, 'own_jump': args.own_jump, 'flowmap_jumps': args.flowmap_jumps,
+                     'teacher_targets': args.teacher_targets, 'own_jump': args.own_jump, 'loss': args.loss, 'flowmap_jumps': args.flowmap_jumps,
                      'flowmap_substeps': args.flowmap_substeps},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))

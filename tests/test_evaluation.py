@@ -141,15 +141,20 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert read_checkpoint(teacher)['_train_config'].optimizer == 'muon'              # the cpu recipe's teacher...
     assert read_checkpoint(tmp_path / 'stage1.pt')['_train_config'].optimizer == 'adamw'  # ...is fine-tuned with AdamW
     # a second stage from the first, with times on the Euler grid, keeps the teacher's rows instead of scoring them again
-    bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--grid_share', '0.75', '--pair_seed', '2', '--keep')
+    bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--grid_share', '0.75', '--pair_seed', '2', '--keep',
+          '--loss', 'pseudo_huber')
     second = json.loads((tmp_path / 'few_step.json').read_text())
     assert [r for r in second['rows'] if r['model'] == 'teacher'] == [r for r in first['rows'] if r['model'] == 'teacher']
     assert second['meta']['grid_share'] == 0.75 and 'on the Euler grid' in second['costs']['reflow']
+    assert second['meta']['loss'] == 'pseudo_huber' and 'the pseudo-Huber loss' in second['costs']['reflow']
     assert 'a further 0.02 minutes' in (tmp_path / 'few_step.md').read_text()
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--grid_share', '1.5'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and '--grid_share must be in [0, 1]' in p.stderr
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--grid_times', '0,2'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and 'times must be in [0, 1]' in p.stderr
+    p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--methods', 'meanflow', '--loss', 'pseudo_huber'], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and '--loss is a setting of --methods reflow' in p.stderr
     # a stage whose targets away from t = 0 are the teacher's velocity
     bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--teacher_targets', '--grid_share', '1',
           '--grid_times', '0,0,0,0.25,0.5,0.75', '--keep')
@@ -198,6 +203,26 @@ def test_teacher_targets_are_the_pair_at_t_0_and_the_teacher_elsewhere():
         with torch.no_grad():
             target = torch.where((tt == 0).view(-1, 1, 1, 1), x1 - x0, teacher.model(xt, tt))
             assert torch.allclose(flow.loss(x1, x0=x0, t=tt), F.mse_loss(student.model(xt, tt), target), atol=1e-6)
+
+
+def test_pair_targets_are_plain_reflow_under_either_distance():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from few_step import PairTargets, pseudo_huber, PSEUDO_HUBER_C
+    from fm_mnist.flow_matching import FlowMatching
+    from fm_mnist.unet import UNet
+    torch.manual_seed(0)
+    plain = FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu')
+    with torch.no_grad():
+        for w in plain.model.parameters(): w.normal_(std=0.05)
+    flow = PairTargets(plain)
+    x1, x0, tt = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.tensor([0.0, 0.25, 0.5, 0.9])
+    with torch.no_grad():
+        assert torch.allclose(flow.loss(x1, x0=x0, t=tt), plain.loss(x1, x0=x0, t=tt), atol=1e-6)   # the squared error: reflow
+        flow.distance = pseudo_huber
+        err = (plain.model(plain.interpolate(x0, x1, tt), tt) - (x1 - x0)).flatten(1)
+        c = PSEUDO_HUBER_C
+        assert torch.allclose(flow.loss(x1, x0=x0, t=tt), ((err.pow(2).sum(1) + c * c).sqrt() - c).mean(), atol=1e-5)
+    assert pseudo_huber(torch.zeros(2, 3), torch.zeros(2, 3)) == 0                                    # zero at zero error
 
 
 def test_flow_map_targets_are_chords_of_the_teacher_trajectory():

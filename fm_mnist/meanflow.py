@@ -4,7 +4,7 @@
 
 # %% ../nbs/78_few_step.ipynb #f89159e2
 from __future__ import annotations
-import contextlib
+import contextlib, warnings
 from typing import Callable
 
 import torch
@@ -20,11 +20,16 @@ __all__ = ['math_attention', 'MeanFlow', 'reflow_pairs']
 # %% ../nbs/78_few_step.ipynb #9ab1ba65
 @contextlib.contextmanager
 def math_attention(model: nn.Module):
-    "Inside the block, every `SelfAttention` of `model` computes with plain tensor operations (forward-mode differentiable)."
+    """Inside the block, every `SelfAttention` of `model` computes with plain tensor operations (forward-mode
+    differentiable), for `jvp`. Torch's first `jvp` loads its forward-mode rules through the deprecated `torch.jit.script`,
+    which warns about torch's own code: that warning is silenced here."""
     mods = [m for m in model.modules() if hasattr(m, 'math')]
     before = [m.math for m in mods]
     for m in mods: m.math = True
-    try: yield model
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+            yield model
     finally:
         for m, b in zip(mods, before): m.math = b
 

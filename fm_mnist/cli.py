@@ -314,9 +314,11 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
     left = state.total_steps - state.step
     estimate = (left * step_s + (every and left // every or 0) * progress_s
                 + ((state.total_epochs - state.epoch) // args.sample_every + 1) * grid_s)
+    length = f'{left:,} steps ({left / state.steps_per_epoch:.1f} epochs)'
+    length = (f'about {length} in {_duration(estimate)}, re-planned as it goes' if deadline is not None   # a first guess
+              else f'{length} in about {_duration(estimate)}')
     say(f'recipe: {recipe} ({why}); {tc.batch_size / step_s:.0f} images/s measured on {device}{f" x {world}" if world > 1 else ""}: '
-        f'{"about " * (deadline is not None)}{left:,} steps ({left / state.steps_per_epoch:.1f} epochs) in about {_duration(estimate)}'
-        + (', re-planned as it goes' if deadline is not None else ''), flush=True)
+        f'{length}', flush=True)
     say(f'training on {device}: {kind} {tc.objective}, {count_parameters(state.flow.model):,} parameters, batch {tc.batch_size}, '
         f'{state.steps_per_epoch} steps per epoch; results in {results}/', flush=True)
 

@@ -1,23 +1,32 @@
 """Few-step models against their teacher: MeanFlow fine-tuning, reflow and a distilled flow map, at equal CPU time.
 
-    # the shipped few-step model, in one stage from the teacher: 55 minutes jumping at t = 0 and refining like the teacher
-    # elsewhere (few_step_teacher_targets_55min.json: the same from the previous teacher)
+    # the shipped few-step model, in two stages from the teacher: 55 minutes jumping at t = 0 and refining like the teacher
+    # elsewhere (few_step_teacher_targets_55min.json: the same from the previous teacher), then 15 more minutes of the same
+    # with a discriminator; results/*.json of the same name hold the teacher's rows that --keep keeps (copy
+    # few_step_muon_teacher.json to it first; see the results page)
     python benchmarks/few_step.py --teacher unconditional --minutes 55 --batch_size 32 --methods reflow --reflow_pairs 20000 \\
         --pair_seed 13 --teacher_targets --grid_share 1 --grid_times 0,0,0,0,0,0,0.25,0.5,0.75 --name few_step_muon_teacher \\
-        --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
-    # the shipped one-step model: that model, 15 more minutes at t = 0 alone; results/*.json of the same name hold the
-    # teacher's rows that --keep keeps (copy few_step_muon_teacher.json to it first; see the results page)
+        --save_reflow few_step_stage1.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_pairs 12000 \\
+        --reflow_from few_step_stage1.pt --pair_seed 16 --teacher_targets --grid_share 1 --grid_times 0,0,0,0,0,0,0.25,0.5,0.75 \\
+        --adversarial 1 --name few_step_muon_teacher_adversarial --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
+    # the shipped one-step model: the first stage, then 15 minutes at t = 0 alone with a discriminator (from both stages
+    # it scored worse: few_step_muon_one_step_from_two_stages.json)
     python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
-        --reflow_from fm_mnist/assets/fm_mnist_cpu_few_step.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
-        --name few_step_muon_one_step --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
+        --reflow_from few_step_stage1.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
+        --adversarial 1 --name few_step_muon_one_step_adversarial --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
+    # the same without the discriminator: the one-step model shipped before it
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
+        --reflow_from few_step_stage1.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
+        --name few_step_muon_one_step --keep
     # the second step trained from the model's own jump (not shipped: two steps did not improve; the results page)
     python benchmarks/few_step.py --teacher unconditional --minutes 30 --batch_size 32 --methods reflow \\
-        --reflow_from fm_mnist/assets/fm_mnist_cpu_few_step.pt --reflow_pairs 20000 --pair_seed 15 --own_jump --grid_share 1 \\
+        --reflow_from few_step_stage1.pt --reflow_pairs 20000 --pair_seed 15 --own_jump --grid_share 1 \\
         --grid_times 0,0.5 --name few_step_muon_own_jump --keep
     # that one-step stage with the pseudo-Huber loss instead of the squared error (not shipped: the results page; copy
     # few_step_muon_teacher.json to few_step_muon_one_step_huber.json first)
     python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
-        --reflow_from fm_mnist/assets/fm_mnist_cpu_few_step.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
+        --reflow_from few_step_stage1.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
         --loss pseudo_huber --name few_step_muon_one_step_huber --keep
     # the first one-step model, in three stages from the previous teacher (the AdamW model shipped before today's, which
     # `unconditional` named then; git history has its file): 20 minutes of reflow, 30 more with times on the Euler grid,
@@ -52,7 +61,10 @@ fine-tuned with AdamW at --lr whatever optimiser trained the teacher, and gets t
   (and --grid_share 1) every grid time but 0 starts instead from where the network's own jump reaches, x0 + t v(x0, 0),
   with the straight velocity from there to the pair's teacher sample as the target: the last Euler step learns to finish
   the network's own jump. With --loss pseudo_huber every reflow target is fitted under the pseudo-Huber distance per
-  sample instead of the squared error.
+  sample instead of the squared error. With --adversarial W a small discriminator trains beside the network, on real
+  MNIST digits against x_t + (1 - t) v, the sample an Euler step from each training point ends on (at t = 0, the
+  one-step sample), and the network adds its adversarial term, weighted so that its gradient at the output layer is W
+  times the regression's: the regression keeps each noise's digit, the discriminator asks that it look like a real one.
 
 - **Flow map** (`--methods flowmap`): the teacher's trajectories from seeded noise, kept at t = 0, 1/4, 1/2, 3/4 and 1
   (4 midpoint steps, 8 NFE, as reflow's pairs; the time spent making them counts), and the teacher's UNet with an interval
@@ -71,6 +83,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from common import add_common_flags, comma_list, hardware, setup, write
 from fm_mnist.checkpoint import PRETRAINED, build_model, checkpoint_path, export_for_sampling, read_checkpoint, save_checkpoint, load_flow
@@ -139,19 +152,59 @@ def pseudo_huber(v, target, c: float = PSEUDO_HUBER_C):
     return (torch.sqrt(d.pow(2).sum(1) + c * c) - c).mean()
 
 
+class Critic(nn.Module):
+    """A small discriminator for 28 x 28 digits (three strided convolutions and a linear read-out, spectrally normalised;
+    about 0.43 M parameters) and its Adam optimiser, trained beside the network on real MNIST digits against the samples
+    the network's Euler steps end on. Hinge loss, as in adversarial diffusion distillation (Sauer et al. 2023); the
+    network's term is weighted adaptively as in VQGAN (Esser et al. 2021): `weight` times the ratio of the regression's
+    gradient to the adversarial term's at the network's output layer, so the adversarial pull is a fixed multiple of the
+    regression's whatever their scales."""
+    def __init__(self, images: torch.Tensor, weight: float, device, seed: int):
+        super().__init__()
+        sn = nn.utils.spectral_norm
+        with torch.random.fork_rng():   # its own initial weights; the training's random stream is left as it was
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(sn(nn.Conv2d(1, 64, 4, 2, 1)), nn.LeakyReLU(0.2), sn(nn.Conv2d(64, 128, 4, 2, 1)), nn.LeakyReLU(0.2),
+                                     sn(nn.Conv2d(128, 256, 3, 2, 1)), nn.LeakyReLU(0.2), nn.Flatten(), sn(nn.Linear(256 * 16, 1))).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=2e-4, betas=(0.0, 0.99))
+        self.images, self.weight = images, weight
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, regression: torch.Tensor, fake: torch.Tensor, out_weight: torch.Tensor) -> torch.Tensor:
+        """One discriminator step on a batch of real digits against `fake` (detached), then the network's adversarial term
+        on `fake`, weighted against `regression` at the output layer `out_weight`."""
+        real = self.images[torch.randint(len(self.images), (fake.shape[0],), generator=self.generator)].to(fake.device)
+        self.opt.zero_grad(set_to_none=True)
+        (F.relu(1 - self.net(real)).mean() + F.relu(1 + self.net(fake.detach().float())).mean()).backward()
+        self.opt.step()
+        adversarial = -self.net(fake.float()).mean()
+        g_reg, = torch.autograd.grad(regression, out_weight, retain_graph=True)
+        g_adv, = torch.autograd.grad(adversarial, out_weight, retain_graph=True)
+        return self.weight * (g_reg.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach() * adversarial
+
+
 class PairTargets(FlowMatching):
     """Flow matching on fixed (noise, teacher sample) pairs, the same network and settings as `flow`: the pair's
-    displacement at its straight-line point, as plain reflow, under `distance` (the squared error, or `pseudo_huber`);
-    the subclasses give targets of their own."""
+    displacement at its straight-line point, as plain reflow, under `distance` (the squared error, or `pseudo_huber`),
+    plus, with a `critic`, its adversarial term on x_t + (1 - t) v, the sample an Euler step from each training point to
+    t = 1 ends on (at t = 0: the one-step sample); the subclasses give targets of their own."""
     distance = staticmethod(F.mse_loss)
+    critic = None
 
     def __init__(self, flow: FlowMatching):
         self.__dict__.update(flow.__dict__)   # the same network, settings and time sampling
 
     def loss(self, x1, x0=None, t=None, y=None):
         x0, x1, t, xt, target, _ = self.pairs(x1, x0, t)
-        if self.num_classes is None: return self.distance(self.model(xt, t), target)
-        return self.distance(self.model(xt, t, None if y is None else self.drop_labels(y.to(self.device))), target)
+        return self.fit(xt, t, target, y)
+
+    def fit(self, xt, t, target, y=None):
+        "The network's velocity at `(xt, t)` against `target`: the distance, and the critic's term if there is one."
+        if self.num_classes is None: v = self.model(xt, t)
+        else: v = self.model(xt, t, None if y is None else self.drop_labels(y.to(self.device)))
+        loss = self.distance(v, target)
+        if self.critic is None: return loss
+        return loss + self.critic(loss, xt + (1 - t).view(-1, 1, 1, 1) * v, self.model.conv_out.weight)
 
     def pairs(self, x1, x0, t):
         """`(x0, x1, t, x_t, target, later)`: the batch on the device (noise drawn when the speed measurement comes without
@@ -176,7 +229,7 @@ class TeacherTargets(PairTargets):
         x0, x1, t, xt, target, later = self.pairs(x1, x0, t)
         if later.any():   # the teacher is asked only where its velocity is the target
             with torch.no_grad(): target[later] = self.teacher.model(xt[later], t[later]).float()
-        return self.distance(self.model(xt, t), target)
+        return self.fit(xt, t, target)
 
 
 class OwnJumpTargets(PairTargets):
@@ -193,7 +246,7 @@ class OwnJumpTargets(PairTargets):
             with torch.no_grad(): jump = self.model(x0[later], torch.zeros_like(t[later])).float()
             xt[later] = x0[later] + tl * jump
             target[later] = (x1[later] - xt[later]) / (1 - tl)
-        return self.distance(self.model(xt, t), target)
+        return self.fit(xt, t, target)
 
 
 def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args, device, out_dir):
@@ -212,8 +265,9 @@ def run_reflow(teacher, ckpt, source, start_ckpt, images, labels, minutes, args,
     state = new_train_state(mc, tc, n, device, model=model)
     if args.teacher_targets: state.flow = TeacherTargets(state.flow, teacher)
     elif args.own_jump: state.flow = OwnJumpTargets(state.flow)
-    elif args.loss != 'mse': state.flow = PairTargets(state.flow)
+    elif args.loss != 'mse' or args.adversarial: state.flow = PairTargets(state.flow)
     if args.loss == 'pseudo_huber': state.flow.distance = pseudo_huber
+    if args.adversarial: state.flow.critic = Critic(images, args.adversarial, device, args.seed)
     sps = measure_step_time(state, x1, y)
     plan_steps(state, minutes * 60 - (time.perf_counter() - start), sps)
     print(f'reflow: {state.total_steps} steps of {tc.batch_size}', flush=True)
@@ -333,6 +387,8 @@ def main(argv=None):
                    'jump reaches and regress on the straight velocity to the pair\'s teacher sample (needs --grid_share 1)')
     p.add_argument('--loss', default='mse', choices=('mse', 'pseudo_huber'), help='reflow: the distance to the targets, the '
                    'squared error or the pseudo-Huber distance per sample (sqrt(|error|^2 + c^2) - c, c = 0.00054 * 28)')
+    p.add_argument('--adversarial', type=float, default=0.0, help='reflow: add a discriminator\'s term on the samples the Euler '
+                   'steps end on, weighted this much against the regression at the output layer (0: none; 1 shipped one_step)')
     p.add_argument('--flowmap_jumps', type=comma_list(int, 1, 4, 'jumps'), default=(1, 2, 4), help='flowmap: the numbers of '
                    'equal jumps trained (each equally often), comma-separated, from 1, 2 and 4')
     p.add_argument('--flowmap_substeps', type=int, default=1, help='flowmap: the teacher\'s midpoint steps per quarter of its '
@@ -353,6 +409,8 @@ def main(argv=None):
     if args.teacher_targets and not (args.grid_share > 0 and 0 in args.grid_times):
         p.error('--teacher_targets learns the jump at t = 0 only: give --grid_share > 0 and a --grid_times that includes 0')
     if args.loss != 'mse' and 'reflow' not in args.methods: p.error('--loss is a setting of --methods reflow')
+    if args.adversarial < 0: p.error(f'--adversarial must be at least 0, got {args.adversarial}')
+    if args.adversarial and 'reflow' not in args.methods: p.error('--adversarial is a setting of --methods reflow')
     if args.own_jump and ('reflow' not in args.methods or args.teacher_targets):
         p.error('--own_jump is a setting of --methods reflow, instead of --teacher_targets')
     if args.own_jump and not (args.grid_share == 1 and 0 in args.grid_times and max(args.grid_times) < 1):
@@ -364,6 +422,8 @@ def main(argv=None):
     start_ckpt = read_checkpoint(args.reflow_from) if args.reflow_from else None   # read now: a bad path fails before any work
     teacher = load_flow(source, device)
     if args.teacher_targets and teacher.num_classes is not None: p.error('--teacher_targets needs an unconditional teacher')
+    if args.adversarial and teacher.num_classes is not None:
+        p.error('--adversarial needs an unconditional teacher (its discriminator does not see the labels)')
     if 'flowmap' in args.methods and teacher.num_classes is not None: p.error('--methods flowmap needs an unconditional teacher')
     images, labels = load_mnist_tensors(args.data_dir, train=True)
     ev = Evaluator(args.data_dir, device=device)
@@ -395,7 +455,8 @@ def main(argv=None):
                               f"t = {', '.join(f'{g:g}' for g in args.grid_times)}") if args.grid_share else '')
                            + (", the teacher's velocity as the target at t > 0" if args.teacher_targets else '')
                            + (", inputs at t > 0 from the model's own jump" if args.own_jump else '')
-                           + (', the pseudo-Huber loss' if args.loss == 'pseudo_huber' else ''))
+                           + (', the pseudo-Huber loss' if args.loss == 'pseudo_huber' else '')
+                           + (f', a discriminator weighted {args.adversarial:g}' if args.adversarial else ''))
         for k in (1, 2, 4): add('reflow', f'euler, {k} step' + 's' * (k > 1), score(rf, ev, n, args.seed, num_steps=k, solver='euler'))
         if args.save_reflow:
             export_for_sampling(facts['checkpoint'], args.save_reflow)
@@ -418,7 +479,7 @@ def main(argv=None):
     data = {'meta': {'teacher': teacher_name, 'minutes': args.minutes, 'hardware': hardware(device), 'num_samples': n, 'seed': args.seed,
                      'fid_floor': ev.floor(n)['fid_floor'], 'lr': args.lr, 'interval_share': args.interval_share,
                      'reflow_times': args.reflow_times, 'grid_share': args.grid_share, 'grid_times': args.grid_times, 'reflow_from': args.reflow_from,
-                     'teacher_targets': args.teacher_targets, 'own_jump': args.own_jump, 'loss': args.loss, 'flowmap_jumps': args.flowmap_jumps,
+                     'teacher_targets': args.teacher_targets, 'own_jump': args.own_jump, 'loss': args.loss, 'adversarial': args.adversarial, 'flowmap_jumps': args.flowmap_jumps,
                      'flowmap_substeps': args.flowmap_substeps},
             'rows': rows, 'costs': costs}
     write(args.out, args.name, data, markdown(data))

@@ -157,8 +157,11 @@ def test_few_step_benchmark_smoke(tmp_path, mnist_root, trained):
     assert p.returncode == 2 and '--loss is a setting of --methods reflow' in p.stderr
     # a stage whose targets away from t = 0 are the teacher's velocity
     bench('benchmarks/few_step.py', *common, '--reflow_from', str(tmp_path / 'stage1.pt'), '--teacher_targets', '--grid_share', '1',
-          '--grid_times', '0,0,0,0.25,0.5,0.75', '--keep')
-    assert "the teacher's velocity as the target" in json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
+          '--grid_times', '0,0,0,0.25,0.5,0.75', '--keep', '--adversarial', '1')
+    costs = json.loads((tmp_path / 'few_step.json').read_text())['costs']['reflow']
+    assert "the teacher's velocity as the target" in costs and 'a discriminator weighted 1' in costs
+    p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--adversarial', '-1'], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and '--adversarial must be at least 0' in p.stderr
     p = subprocess.run([sys.executable, 'benchmarks/few_step.py', *common, '--teacher_targets'], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and 'jump at t = 0 only' in p.stderr   # without grid times at 0 nothing would learn the jump
     # a stage whose later steps start from the model's own jump
@@ -223,6 +226,38 @@ def test_pair_targets_are_plain_reflow_under_either_distance():
         c = PSEUDO_HUBER_C
         assert torch.allclose(flow.loss(x1, x0=x0, t=tt), ((err.pow(2).sum(1) + c * c).sqrt() - c).mean(), atol=1e-5)
     assert pseudo_huber(torch.zeros(2, 3), torch.zeros(2, 3)) == 0                                    # zero at zero error
+    cond = FlowMatching(UNet(base_channels=8, time_emb_dim=16, num_classes=10), device='cpu', label_dropout=0.5)
+    with torch.no_grad():
+        for w in cond.model.parameters(): w.normal_(std=0.05)
+        y = torch.tensor([3, 1, 4, 1])
+        losses = []
+        for f in (PairTargets(cond), cond):                  # the same labels hidden: the same generator state for both
+            torch.manual_seed(1); losses.append(f.loss(x1, x0=x0, t=tt, y=y))
+        assert torch.allclose(*losses, atol=1e-6)            # conditional reflow, labels dropped as in training
+
+
+def test_critic_trains_beside_the_network_and_pulls_its_samples():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from few_step import Critic, PairTargets
+    from fm_mnist.flow_matching import FlowMatching
+    from fm_mnist.unet import UNet
+    torch.manual_seed(0)
+    plain = FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu')
+    with torch.no_grad():
+        for w in plain.model.parameters(): w.normal_(std=0.05)
+    flow = PairTargets(plain)
+    x1, x0, tt = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.tensor([0.0, 0.25, 0.5, 0.9])
+    regression = flow.loss(x1, x0=x0, t=tt)
+    real = torch.rand(16, 1, 28, 28) * 2 - 1
+    state = torch.get_rng_state()
+    flow.critic = Critic(real, weight=1.0, device='cpu', seed=0)
+    assert torch.equal(torch.get_rng_state(), state)                    # its initial weights leave the training's stream alone
+    before = [w.detach().clone() for w in flow.critic.parameters()]
+    loss = flow.loss(x1, x0=x0, t=tt)
+    assert any(not torch.equal(a, b) for a, b in zip(before, flow.critic.parameters()))   # one discriminator step per call
+    assert torch.isfinite(loss) and not torch.allclose(loss, regression)  # the regression plus the adversarial term
+    flow.model.zero_grad(); loss.backward()
+    assert flow.model.conv_out.weight.grad.abs().sum() > 0
 
 
 def test_flow_map_targets_are_chords_of_the_teacher_trajectory():

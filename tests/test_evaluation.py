@@ -208,17 +208,22 @@ def test_teacher_targets_are_the_pair_at_t_0_and_the_teacher_elsewhere():
             assert torch.allclose(flow.loss(x1, x0=x0, t=tt), F.mse_loss(student.model(xt, tt), target), atol=1e-6)
 
 
+def _drawn_flow(num_classes=None, **kw):
+    "A tiny flow whose weights are all drawn (none zero-initialised, so its velocity is not zero), and a batch of pairs."
+    from fm_mnist.flow_matching import FlowMatching
+    from fm_mnist.unet import UNet
+    flow = FlowMatching(UNet(base_channels=8, time_emb_dim=16, num_classes=num_classes), device='cpu', **kw)
+    with torch.no_grad():
+        for w in flow.model.parameters(): w.normal_(std=0.05)
+    return flow, (torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.tensor([0.0, 0.25, 0.5, 0.9]))
+
+
 def test_pair_targets_are_plain_reflow_under_either_distance():
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     from few_step import PairTargets, pseudo_huber, PSEUDO_HUBER_C
-    from fm_mnist.flow_matching import FlowMatching
-    from fm_mnist.unet import UNet
     torch.manual_seed(0)
-    plain = FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu')
-    with torch.no_grad():
-        for w in plain.model.parameters(): w.normal_(std=0.05)
+    plain, (x1, x0, tt) = _drawn_flow()
     flow = PairTargets(plain)
-    x1, x0, tt = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.tensor([0.0, 0.25, 0.5, 0.9])
     with torch.no_grad():
         assert torch.allclose(flow.loss(x1, x0=x0, t=tt), plain.loss(x1, x0=x0, t=tt), atol=1e-6)   # the squared error: reflow
         flow.distance = pseudo_huber
@@ -226,9 +231,8 @@ def test_pair_targets_are_plain_reflow_under_either_distance():
         c = PSEUDO_HUBER_C
         assert torch.allclose(flow.loss(x1, x0=x0, t=tt), ((err.pow(2).sum(1) + c * c).sqrt() - c).mean(), atol=1e-5)
     assert pseudo_huber(torch.zeros(2, 3), torch.zeros(2, 3)) == 0                                    # zero at zero error
-    cond = FlowMatching(UNet(base_channels=8, time_emb_dim=16, num_classes=10), device='cpu', label_dropout=0.5)
+    cond, _ = _drawn_flow(num_classes=10, label_dropout=0.5)
     with torch.no_grad():
-        for w in cond.model.parameters(): w.normal_(std=0.05)
         y = torch.tensor([3, 1, 4, 1])
         losses = []
         for f in (PairTargets(cond), cond):                  # the same labels hidden: the same generator state for both
@@ -239,14 +243,9 @@ def test_pair_targets_are_plain_reflow_under_either_distance():
 def test_critic_trains_beside_the_network_and_pulls_its_samples():
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     from few_step import Critic, PairTargets
-    from fm_mnist.flow_matching import FlowMatching
-    from fm_mnist.unet import UNet
     torch.manual_seed(0)
-    plain = FlowMatching(UNet(base_channels=8, time_emb_dim=16), device='cpu')
-    with torch.no_grad():
-        for w in plain.model.parameters(): w.normal_(std=0.05)
+    plain, (x1, x0, tt) = _drawn_flow()
     flow = PairTargets(plain)
-    x1, x0, tt = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.tensor([0.0, 0.25, 0.5, 0.9])
     regression = flow.loss(x1, x0=x0, t=tt)
     real = torch.rand(16, 1, 28, 28) * 2 - 1
     state = torch.get_rng_state()

@@ -388,7 +388,7 @@ def main(argv=None):
     p.add_argument('--loss', default='mse', choices=('mse', 'pseudo_huber'), help='reflow: the distance to the targets, the '
                    'squared error or the pseudo-Huber distance per sample (sqrt(|error|^2 + c^2) - c, c = 0.00054 * 28)')
     p.add_argument('--adversarial', type=float, default=0.0, help='reflow: add a discriminator\'s term on the samples the Euler '
-                   'steps end on, weighted this much against the regression at the output layer (0: none; 1 shipped one_step)')
+                   'steps end on, weighted this much against the regression at the output layer (0: none; the shipped models: 1)')
     p.add_argument('--flowmap_jumps', type=comma_list(int, 1, 4, 'jumps'), default=(1, 2, 4), help='flowmap: the numbers of '
                    'equal jumps trained (each equally often), comma-separated, from 1, 2 and 4')
     p.add_argument('--flowmap_substeps', type=int, default=1, help='flowmap: the teacher\'s midpoint steps per quarter of its '

@@ -10,6 +10,7 @@ import torch
 
 from .config import SampleConfig
 from .flow_matching import FlowMatching
+from .performance import amp_settings
 
 # %% auto #0
 __all__ = ['SOLVERS', 'euler_integrate', 'CountingVelocity', 'check_solver', 'solve_ode', 'guided_velocity', 'cycle_labels',
@@ -125,6 +126,7 @@ def sample_batches(flow: FlowMatching, num_samples=None, num_steps=None, seed=No
     y = _labels_tensor(labels, sc.num_samples, flow.num_classes)
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     batch_size, dev, done = sc.batch_size or sc.num_samples, flow.device, 0
+    autocast, half = amp_settings(dev)
     while done < sc.num_samples:
         b = min(batch_size, sc.num_samples - done)
         x0 = torch.randn(b, *flow.image_shape, generator=g)  # drawn batch by batch: the same numbers as one big draw
@@ -132,8 +134,7 @@ def sample_batches(flow: FlowMatching, num_samples=None, num_steps=None, seed=No
         was_training = flow.model.training
         flow.model.eval()
         try:
-            half = torch.bfloat16 if dev.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=half, enabled=dev.type == 'cuda'):
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=half, enabled=autocast):
                 x, traj, nfe = flow.integrate(x0.to(dev), yb, sc.num_steps, solver, guidance_scale, return_trajectory,
                                               sc.rtol, sc.atol)
         finally:

@@ -171,7 +171,7 @@ def export_for_sampling(src: str | Path, dst: str | Path) -> Path:
 # %% ../nbs/91_checkpoint.ipynb #26642675
 PRETRAINED = {'unconditional': 'fm_mnist_cpu.pt', 'conditional': 'fm_mnist_cpu_cond.pt',
               'few_step': 'fm_mnist_cpu_few_step.pt',   # jumps at t = 0, refines like its teacher: 1, 2 or 4 Euler steps
-              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model, then at t = 0 alone with a discriminator: 1 step
+              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model's first stage, then t = 0 alone with a discriminator: 1 step
 
 def pretrained_path(name: str = 'unconditional') -> Path:
     "Where a shipped model lives inside the installed package."
@@ -203,8 +203,10 @@ def load_pretrained(device=None, name: str = 'unconditional') -> FlowMatching:
 
 # %% ../nbs/91_checkpoint.ipynb #a990601a
 def find_latest_checkpoint(results_dir: str | Path) -> Path | None:
-    "The newest checkpoint in `results_dir`: the final one or the highest epoch, whichever was written last; None if there is none."
+    "The newest checkpoint in `results_dir`: the final one, the highest epoch or the highest step, whichever was written last; None if there is none."
     d = Path(results_dir)
-    epochs = [(int(m.group(1)), p) for p in d.glob('checkpoint_epoch_*.pt') if (m := re.fullmatch(r'checkpoint_epoch_(\d+)\.pt', p.name))]
-    found = ([max(epochs)[1]] if epochs else []) + ([d / 'checkpoint_final.pt'] if (d / 'checkpoint_final.pt').is_file() else [])
+    def highest(kind: str) -> list[Path]:
+        found = [(int(m.group(1)), p) for p in d.glob(f'checkpoint_{kind}_*.pt') if (m := re.fullmatch(rf'checkpoint_{kind}_(\d+)\.pt', p.name))]
+        return [max(found)[1]] if found else []
+    found = highest('epoch') + highest('step') + ([d / 'checkpoint_final.pt'] if (d / 'checkpoint_final.pt').is_file() else [])
     return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == 'checkpoint_final.pt')) if found else None

@@ -201,6 +201,8 @@ def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, Tr
         if args.conditional: mc = replace(mc, num_classes=NUM_CLASSES)
         given = {k: getattr(args, k) for k, cls in _RECIPE_FLAGS.items() if cls is TrainConfig and getattr(args, k) is not None}
         if 'epochs' in given: given['minutes'] = None              # epochs given: the recipe's time budget no longer applies
+        if given.keys() & {'epochs', 'minutes'} and why.startswith('auto'):
+            why = why.split(' for ')[0]                            # the length is the one asked for, not the auto recipe's
         if init is not None: given.setdefault('optimizer', 'adamw')  # fine-tuning: AdamW (Muon's lr is one for training from scratch)
         if args.compile: given['compile'] = True
         tc = replace(tc, **given)
@@ -221,6 +223,11 @@ def _save_samples(flow, args, seed: int, grid: Path, individual: Path | None = N
     visualize_samples(samples, save_path=grid, nrow=8 if labels is None else 10, show=False)
     if individual is not None: save_samples_as_images(samples, individual, prefix='sample')
     if npy is not None: save_samples_as_numpy(samples, npy)
+
+def _remove_step_checkpoints(results: Path, but: Path | None = None):
+    "Remove the checkpoints along the way (checkpoint_step_N.pt) in `results`, all `but` one."
+    for p in results.glob('checkpoint_step_*.pt'):
+        if p != but: p.unlink(missing_ok=True)
 
 PROGRESS_SAMPLING = {'solver': 'midpoint', 'num_steps': 4}  # samples_step_N.png: 8 NFE, a twelfth of 100 Euler steps
 
@@ -288,7 +295,7 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
             say(f'nothing to do: {path} has trained for all {state.total_steps} steps ({state.epoch} epochs); '
                 f'pass --epochs N (N > {state.epoch}) to continue')
             return
-        recipe, why = f'resuming {path} at epoch {state.epoch}', 'as asked'
+        recipe, why = f'resuming {path} after {state.step:,} steps ({state.epoch} full epochs)', 'as asked'
     else:
         recipe, mc, tc, why, init = configs
         try: state = new_train_state(mc, tc, len(images), device, model=None if init is None else _init_model(init, mc, args.init_from))
@@ -337,7 +344,9 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
         if e % args.checkpoint_every == 0: saved.append(save_checkpoint(st.checkpoint(), results / f'checkpoint_epoch_{e}.pt'))
         clock[:] = [time.perf_counter(), st.step]  # the next epoch's time excludes sampling and saving
 
-    def on_steps(st: TrainState):
+    def on_steps(st: TrainState):          # a grid along the way, and a checkpoint to resume from: the newest only
+        saved.append(save_checkpoint(st.checkpoint(), results / f'checkpoint_step_{st.step}.pt'))
+        _remove_step_checkpoints(results, but=saved[-1])
         _save_samples(st.ema_flow(), progress, tc.seed, results / f'samples_step_{st.step}.png')
 
     try: train(state, images, labels, on_epoch_end=on_epoch_end, every_steps=(every, on_steps) if every else None,
@@ -351,6 +360,7 @@ def _train_on(args, rank: int, world: int, device: torch.device, configs, start:
                                  f'a lower --lr may help') from None
     def finish():
         save_checkpoint(state.checkpoint(), results / 'checkpoint_final.pt')
+        _remove_step_checkpoints(results)                  # the final checkpoint supersedes them
         final = results / 'final_samples'
         _save_samples(state.ema_flow(), args, tc.seed, final / 'final_samples_grid.png', final / 'individual', final / 'final_samples.npy')
         say(f'done in {_duration(time.perf_counter() - start)}: {results / "checkpoint_final.pt"} and {final}/')

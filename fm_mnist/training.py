@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_training.ipynb #8470ef0f
 from __future__ import annotations
-import copy, math, time
+import copy, itertools, math, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -353,7 +353,8 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
     pace = None                                            # (time, step) where the pace is measured from
     while state.step < state.total_steps:                  # epoch by epoch: a deadline's plan may move the end
         epoch, first = state.epoch + 1, state.step
-        bar = tqdm(total=min(state.steps_per_epoch, state.total_steps - first), desc=f'epoch {epoch}/{state.total_epochs}',
+        done = max(0, first - state.epoch * state.steps_per_epoch)   # resumed inside this epoch: its first batches are done
+        bar = tqdm(total=min(state.steps_per_epoch - done, state.total_steps - first), desc=f'epoch {epoch}/{state.total_epochs}',
                    disable=not progress or rank > 0, leave=True)
         pending, t0, seen = [], time.perf_counter(), 0
         def flush():
@@ -376,9 +377,10 @@ def train(state: TrainState, images: torch.Tensor, labels: torch.Tensor | None =
             if deadline is None: return
             if pace is None: pace = (time.perf_counter(), state.step)   # after the first steps' one-off costs
             elif replan_steps(state, deadline, *pace):
-                bar.total = min(state.steps_per_epoch, state.total_steps - first)
+                bar.total = min(state.steps_per_epoch - done, state.total_steps - first)
                 bar.set_description(f'epoch {epoch}/{state.total_epochs}'); bar.refresh()
-        for idx in epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, state.steps_per_epoch, dev):
+        for idx in itertools.islice(epoch_indices(images.shape[0], tc.batch_size, tc.seed, epoch, state.steps_per_epoch, dev),
+                                    done, None):
             if state.step >= state.total_steps: break
             idx = idx.tensor_split(world)[rank]                    # this process's share of the global batch
             pending.append(train_step(state, images[idx], amp, amp_dtype, None if labels is None else labels[idx], tflow,

@@ -102,17 +102,25 @@ def test_generate_with_the_shipped_model(tmp_path):
     assert np.load(tmp_path / 'generated_samples.npy').shape == (8, 1, 28, 28) and 'the shipped unconditional model' in stdout
 
 
-def test_a_time_budget_plans_writes_step_grids_and_resumes_exactly(mnist_root, tmp_path, monkeypatch):
+def plan_alone(monkeypatch):
+    "Time-budgeted runs with a fixed plan: as if a step took 50 ms (a plan of ~100 steps), and no deadline to re-plan by."
     import fm_mnist.cli as cli
-    monkeypatch.setattr(cli, 'measure_step_time', lambda *a, **k: 0.05)     # as if a step took 50 ms: a plan of ~100 steps
+    monkeypatch.setattr(cli, 'measure_step_time', lambda *a, **k: 0.05)
     monkeypatch.setattr(cli, '_seconds_per_grid', lambda *a, **k: [0.01, 0.01])
-    real_train = cli.train                      # the plan alone: no deadline to re-plan by the tiny model's real pace
+    real_train = cli.train
     monkeypatch.setattr(cli, 'train', lambda *a, deadline=None, **k: real_train(*a, **k))
+    return cli
+
+
+def test_a_time_budget_plans_writes_step_grids_and_resumes_exactly(mnist_root, tmp_path, monkeypatch):
+    plan_alone(monkeypatch)
     args = [*TINY, '--max_steps_per_epoch', '40', '--minutes', '0.1', '--checkpoint_every', '1', '--data_dir', str(mnist_root)]
     rc, out, err = quiet(train_main, args + ['--results_dir', str(tmp_path / 'full')])
     assert rc == 0, err
+    assert not list((tmp_path / 'full').glob('checkpoint_step_*.pt'))         # the final checkpoint supersedes them
     first = out.splitlines()[0]
     assert first.startswith('recipe: ') and '0.1-minute budget' in first and '640 images/s measured on cpu' in first
+    assert '(auto: no CUDA GPU, so the cpu recipe)' in first            # not the auto recipe's own 30 minutes
     full = read_checkpoint(tmp_path / 'full' / 'checkpoint_final.pt', for_resume=True)
     steps = full['_train_config'].max_steps
     assert 40 < steps < 120 and full['step'] == steps and full['_train_config'].minutes == 0.1
@@ -125,6 +133,34 @@ def test_a_time_budget_plans_writes_step_grids_and_resumes_exactly(mnist_root, t
     assert rc == 0 and out.startswith('recipe: resuming'), err
     wf, wp = weights(tmp_path / 'full' / 'checkpoint_final.pt'), weights(part / 'checkpoint_final.pt')
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
+
+
+def test_a_run_stopped_between_epochs_resumes_from_its_step_checkpoint(mnist_root, tmp_path, monkeypatch):
+    cli = plan_alone(monkeypatch)
+    args = [*TINY, '--max_steps_per_epoch', '40', '--minutes', '0.1', '--checkpoint_every', '99', '--data_dir', str(mnist_root)]
+    assert quiet(train_main, args + ['--results_dir', str(tmp_path / 'full')])[0] == 0
+    real_save, grids = cli._save_samples, []
+    def stop_at_the_third_grid(flow, args, seed, grid, *rest):
+        grids.append(grid)
+        if len(grids) == 3: raise KeyboardInterrupt        # Ctrl-C while it draws: its checkpoint is already written
+        return real_save(flow, args, seed, grid, *rest)
+    monkeypatch.setattr(cli, '_save_samples', stop_at_the_third_grid)
+    stopped = tmp_path / 'stopped'
+    rc, _, err = quiet(train_main, args + ['--results_dir', str(stopped)])
+    kept = list(stopped.glob('checkpoint_*.pt'))
+    assert [p.name for p in kept] == [grids[-1].name.replace('samples', 'checkpoint').replace('.png', '.pt')]  # the newest only
+    assert one_line_error(rc, err, 130).strip().endswith(f'continue from {kept[0]} with --resume')
+    step = int(kept[0].stem.rsplit('_', 1)[1])
+    assert 0 < step < 40                                    # inside the first epoch: no epoch checkpoint to fall back on
+    monkeypatch.setattr(cli, '_save_samples', real_save)
+    rc, out, err = quiet(train_main, ['--resume', '--results_dir', str(stopped), '--data_dir', str(mnist_root), '--no_progress',
+                                      '--num_samples', '2', '--num_steps', '2'])
+    assert rc == 0 and out.startswith(f'recipe: resuming {kept[0]} after {step} steps (0 full epochs)'), err
+    assert [p.name for p in stopped.glob('checkpoint_*.pt')] == ['checkpoint_final.pt']
+    wf, ws = weights(tmp_path / 'full' / 'checkpoint_final.pt'), weights(stopped / 'checkpoint_final.pt')
+    assert all(torch.equal(wf[k], ws[k]) for k in wf)
+    lf = torch.load(tmp_path / 'full' / 'checkpoint_final.pt', weights_only=True)['loss_history']
+    assert torch.equal(lf, torch.load(stopped / 'checkpoint_final.pt', weights_only=True)['loss_history'])
 
 
 @pytest.mark.slow

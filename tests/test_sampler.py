@@ -121,3 +121,13 @@ def test_broken_weights_never_give_nan_images():
 def test_samples_take_the_models_image_shape():
     flow = FlowMatching(UNet(base_channels=8, time_emb_dim=16, image_size=16), device='cpu')
     assert flow.sample(2, 1, seed=0).shape == (2, 1, 16, 16)
+
+
+@pytest.mark.parametrize('autocast', [(False, torch.float32), (True, torch.bfloat16)])
+def test_sampling_precision_is_the_one_training_uses(monkeypatch, autocast):
+    import fm_mnist.sampler as sampler
+    monkeypatch.setattr(sampler, 'amp_settings', lambda device: autocast)   # what amp_settings decides for this device
+    flow, seen = tiny_flow(), []
+    flow.model.conv_out.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = flow.sample(2, 2, seed=0)
+    assert set(seen) == {autocast[1]} and x.dtype == torch.float32          # the network in it; the samples in float32

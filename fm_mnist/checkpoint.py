@@ -16,8 +16,9 @@ from .flow_matching import FlowMatching
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'MIGRATIONS', 'PRETRAINED', 'atomic_save', 'CheckpointError', 'migrate',
-           'validate', 'read_checkpoint', 'build_model', 'save_checkpoint', 'export_for_sampling', 'pretrained_path',
-           'flow_from_checkpoint', 'checkpoint_path', 'load_flow', 'load_pretrained', 'find_latest_checkpoint']
+           'validate', 'read_checkpoint', 'build_model', 'save_checkpoint', 'export_for_sampling',
+           'average_for_sampling', 'pretrained_path', 'flow_from_checkpoint', 'checkpoint_path', 'load_flow',
+           'load_pretrained', 'find_latest_checkpoint']
 
 # %% ../nbs/91_checkpoint.ipynb #51ab040c
 def atomic_save(obj, path: str | Path) -> Path:
@@ -166,6 +167,22 @@ def export_for_sampling(src: str | Path, dst: str | Path) -> Path:
     weights = ckpt['ema_state']['shadow'] if ckpt.get('ema_state') is not None else ckpt['model_state']
     slim = {k: ckpt[k] for k in _REQUIRED}
     slim.update(model_state={k: v.clone() for k, v in weights.items()}, ema_state=None)
+    return atomic_save(slim, dst)
+
+# %% ../nbs/91_checkpoint.ipynb #9a1f2a10
+def average_for_sampling(sources: list[str | Path], dst: str | Path) -> Path:
+    """Write a checkpoint for sampling whose weights are the mean of the `sources`' (each one's EMA weights if it has them),
+    with the first one's configs and progress. The sources must share their model config and training objective."""
+    if not sources: raise ValueError('average_for_sampling needs at least one checkpoint')
+    ckpts = [read_checkpoint(p) for p in sources]
+    first = ckpts[0]
+    for p, c in zip(sources[1:], ckpts[1:]):
+        if (c['model_config'], c['train_config'].get('objective')) != (first['model_config'], first['train_config'].get('objective')):
+            raise CheckpointError(f'{p}: its model config or objective differs from {sources[0]}; only models of one kind can be averaged')
+    weights = [c['ema_state']['shadow'] if c.get('ema_state') is not None else c['model_state'] for c in ckpts]
+    slim = {k: first[k] for k in _REQUIRED}
+    slim.update(model_state={k: (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype) if v.is_floating_point()
+                             else v.clone() for k, v in weights[0].items()}, ema_state=None)
     return atomic_save(slim, dst)
 
 # %% ../nbs/91_checkpoint.ipynb #26642675

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import TINY, quiet
-from fm_mnist.checkpoint import (CHECKPOINT_VERSION, PRETRAINED, CheckpointError, atomic_save, export_for_sampling,
-                                 load_flow, pretrained_path, read_checkpoint, validate)
+from fm_mnist.checkpoint import (CHECKPOINT_VERSION, PRETRAINED, CheckpointError, atomic_save, average_for_sampling,
+                                 export_for_sampling, load_flow, pretrained_path, read_checkpoint, validate)
 from fm_mnist.cli import generate_main, train_main
 from fm_mnist.config import ModelConfig, TrainConfig
 
@@ -135,3 +135,21 @@ def test_atomic_save_leaves_the_old_file_on_failure(tmp_path):
 def test_the_one_step_model_says_it_was_trained_at_t_0_alone():
     tc = read_checkpoint(pretrained_path('one_step'))['_train_config']
     assert (tc.grid_share, tc.grid_times, tc.objective) == (1.0, (0.0,), 'flow_matching')
+
+
+def test_averaged_weights_sample_like_any_model(good, tmp_path):
+    torch.manual_seed(1)
+    other = copy.deepcopy(good); other['model_state'] = MC.build().state_dict()      # another model of the same kind
+    with_ema = copy.deepcopy(other)                                                  # its EMA weights are the ones averaged
+    with_ema['ema_state'] = {'decay': 0.9, 'num_updates': 1, 'shadow': other['model_state']}
+    with_ema['model_state'] = {k: torch.zeros_like(v) for k, v in other['model_state'].items()}
+    a, b = atomic_save(good, tmp_path / 'a.pt'), atomic_save(with_ema, tmp_path / 'b.pt')
+    mean = read_checkpoint(average_for_sampling([a, b], tmp_path / 'mean.pt'))
+    k = 'conv_in.weight'
+    assert torch.allclose(mean['model_state'][k], (good['model_state'][k] + other['model_state'][k]) / 2)
+    assert mean['ema_state'] is None and load_flow(tmp_path / 'mean.pt', device='cpu').sample(2, 1, seed=0).shape == (2, 1, 28, 28)
+    wider = copy.deepcopy(good); mc = ModelConfig(base_channels=16, time_emb_dim=16)
+    wider.update(model_config=asdict(mc), model_state=mc.build().state_dict())
+    with pytest.raises(CheckpointError, match='only models of one kind'):
+        average_for_sampling([a, atomic_save(wider, tmp_path / 'wider.pt')], tmp_path / 'no.pt')
+    assert not (tmp_path / 'no.pt').exists()

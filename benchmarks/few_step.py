@@ -1,20 +1,30 @@
 """Few-step models against their teacher: MeanFlow fine-tuning, reflow and a distilled flow map, at equal CPU time.
 
-    # the shipped few-step model, in two stages from the teacher: 55 minutes jumping at t = 0 and refining like the teacher
-    # elsewhere (few_step_teacher_targets_55min.json: the same from the previous teacher), then 15 more minutes of the same
-    # with a discriminator; results/*.json of the same name hold the teacher's rows that --keep keeps (copy
-    # few_step_muon_teacher.json to it first; see the results page)
+    # the shipped few-step model: 55 minutes from the teacher jumping at t = 0 and refining like the teacher elsewhere
+    # (few_step_teacher_targets_55min.json: the same from the previous teacher), then two 15-minute stages of the same
+    # with a discriminator, one with more of its times at t = 1/2, and the average of their weights; results/*.json of
+    # the same name hold the teacher's rows that --keep keeps (copy few_step_muon_teacher.json to it first; see the
+    # results page)
     python benchmarks/few_step.py --teacher unconditional --minutes 55 --batch_size 32 --methods reflow --reflow_pairs 20000 \\
         --pair_seed 13 --teacher_targets --grid_share 1 --grid_times 0,0,0,0,0,0,0.25,0.5,0.75 --name few_step_muon_teacher \\
         --save_reflow few_step_stage1.pt
     python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_pairs 12000 \\
         --reflow_from few_step_stage1.pt --pair_seed 16 --teacher_targets --grid_share 1 --grid_times 0,0,0,0,0,0,0.25,0.5,0.75 \\
-        --adversarial 1 --name few_step_muon_teacher_adversarial --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_few_step.pt
+        --adversarial 1 --name few_step_muon_teacher_adversarial --keep --save_reflow few_step_a.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow --reflow_pairs 12000 \\
+        --reflow_from few_step_stage1.pt --pair_seed 16 --teacher_targets --grid_share 1 --grid_times 0,0,0,0.5,0.5,0.5,0.5,0.25,0.75 \\
+        --adversarial 1 --name few_step_muon_teacher_adversarial_half --keep --save_reflow few_step_b.pt
+    python -c "from fm_mnist.checkpoint import average_for_sampling as avg; avg(['few_step_a.pt', 'few_step_b.pt'], 'fm_mnist/assets/fm_mnist_cpu_few_step.pt')"
     # the shipped one-step model: the first stage, then 15 minutes at t = 0 alone with a discriminator (from both stages
-    # it scored worse: few_step_muon_one_step_from_two_stages.json)
+    # it scored worse: few_step_muon_one_step_from_two_stages.json), then 15 more minutes of that from its end, and the
+    # average of the two stages' weights
     python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
         --reflow_from few_step_stage1.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\
-        --adversarial 1 --name few_step_muon_one_step_adversarial --keep --save_reflow fm_mnist/assets/fm_mnist_cpu_one_step.pt
+        --adversarial 1 --name few_step_muon_one_step_adversarial --keep --save_reflow one_step_a.pt
+    python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
+        --reflow_from one_step_a.pt --reflow_pairs 12000 --pair_seed 15 --grid_times 0 --grid_share 1 \\
+        --adversarial 1 --name few_step_muon_one_step_adversarial_longer --keep --save_reflow one_step_b.pt
+    python -c "from fm_mnist.checkpoint import average_for_sampling as avg; avg(['one_step_a.pt', 'one_step_b.pt'], 'fm_mnist/assets/fm_mnist_cpu_one_step.pt')"
     # the same without the discriminator: the one-step model shipped before it
     python benchmarks/few_step.py --teacher unconditional --minutes 15 --batch_size 32 --methods reflow \\
         --reflow_from few_step_stage1.pt --reflow_pairs 12000 --pair_seed 14 --grid_times 0 --grid_share 1 \\

@@ -188,7 +188,7 @@ def average_for_sampling(sources: list[str | Path], dst: str | Path) -> Path:
 # %% ../nbs/91_checkpoint.ipynb #26642675
 PRETRAINED = {'unconditional': 'fm_mnist_cpu.pt', 'conditional': 'fm_mnist_cpu_cond.pt',
               'few_step': 'fm_mnist_cpu_few_step.pt',   # jumps at t = 0, refines like its teacher: 1, 2 or 4 Euler steps
-              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model's first stage, then t = 0 alone with a discriminator: 1 step
+              'one_step': 'fm_mnist_cpu_one_step.pt'}   # the few-step model's first stage, then at t = 0 alone (two stages averaged): 1 step
 
 def pretrained_path(name: str = 'unconditional') -> Path:
     "Where a shipped model lives inside the installed package."

@@ -136,8 +136,9 @@ def test_a_time_budget_plans_writes_step_grids_and_resumes_exactly(mnist_root, t
 
 
 def test_a_run_stopped_between_epochs_resumes_from_its_step_checkpoint(mnist_root, tmp_path, monkeypatch):
-    cli = plan_alone(monkeypatch)
-    args = [*TINY, '--max_steps_per_epoch', '40', '--minutes', '0.1', '--checkpoint_every', '99', '--data_dir', str(mnist_root)]
+    import fm_mnist.cli as cli                  # a fixed length (a time budget's plan would depend on the clock): 2 x 40 steps
+    args = [*TINY, '--epochs', '2', '--max_steps_per_epoch', '40', '--sample_every_steps', '10', '--sample_every', '99',
+            '--checkpoint_every', '99', '--data_dir', str(mnist_root)]
     assert quiet(train_main, args + ['--results_dir', str(tmp_path / 'full')])[0] == 0
     real_save, grids = cli._save_samples, []
     def stop_at_the_third_grid(flow, args, seed, grid, *rest):
@@ -151,7 +152,7 @@ def test_a_run_stopped_between_epochs_resumes_from_its_step_checkpoint(mnist_roo
     assert [p.name for p in kept] == [grids[-1].name.replace('samples', 'checkpoint').replace('.png', '.pt')]  # the newest only
     assert one_line_error(rc, err, 130).strip().endswith(f'continue from {kept[0]} with --resume')
     step = int(kept[0].stem.rsplit('_', 1)[1])
-    assert 0 < step < 40                                    # inside the first epoch: no epoch checkpoint to fall back on
+    assert step == 30                                       # inside the first epoch: no epoch checkpoint to fall back on
     monkeypatch.setattr(cli, '_save_samples', real_save)
     rc, out, err = quiet(train_main, ['--resume', '--results_dir', str(stopped), '--data_dir', str(mnist_root), '--no_progress',
                                       '--num_samples', '2', '--num_steps', '2'])

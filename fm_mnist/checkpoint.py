@@ -161,13 +161,18 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     validate({k: v for k, v in ckpt.items() if not k.startswith('_')}, str(path))
     return atomic_save({k: v for k, v in ckpt.items() if not k.startswith('_')}, path)
 
+def _for_sampling(ckpt: dict, weights: dict) -> dict:
+    "A sampling-only checkpoint: `ckpt`'s configs and progress, `weights` as the model, no EMA, no optimiser."
+    return {**{k: ckpt[k] for k in _REQUIRED}, 'model_state': weights, 'ema_state': None}
+
+def _sampling_weights(ckpt: dict) -> dict:
+    "The weights a checkpoint samples with: its EMA's when it has them."
+    return ckpt['ema_state']['shadow'] if ckpt.get('ema_state') is not None else ckpt['model_state']
+
 def export_for_sampling(src: str | Path, dst: str | Path) -> Path:
     "Write a small checkpoint from `src` for sampling only: the EMA weights as the model, the configs and progress, no optimiser."
     ckpt = read_checkpoint(src)
-    weights = ckpt['ema_state']['shadow'] if ckpt.get('ema_state') is not None else ckpt['model_state']
-    slim = {k: ckpt[k] for k in _REQUIRED}
-    slim.update(model_state={k: v.clone() for k, v in weights.items()}, ema_state=None)
-    return atomic_save(slim, dst)
+    return atomic_save(_for_sampling(ckpt, {k: v.clone() for k, v in _sampling_weights(ckpt).items()}), dst)
 
 # %% ../nbs/91_checkpoint.ipynb #9a1f2a10
 def average_for_sampling(sources: list[str | Path], dst: str | Path) -> Path:
@@ -179,11 +184,10 @@ def average_for_sampling(sources: list[str | Path], dst: str | Path) -> Path:
     for p, c in zip(sources[1:], ckpts[1:]):
         if (c['model_config'], c['train_config'].get('objective')) != (first['model_config'], first['train_config'].get('objective')):
             raise CheckpointError(f'{p}: its model config or objective differs from {sources[0]}; only models of one kind can be averaged')
-    weights = [c['ema_state']['shadow'] if c.get('ema_state') is not None else c['model_state'] for c in ckpts]
-    slim = {k: first[k] for k in _REQUIRED}
-    slim.update(model_state={k: (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype) if v.is_floating_point()
-                             else v.clone() for k, v in weights[0].items()}, ema_state=None)
-    return atomic_save(slim, dst)
+    weights = [_sampling_weights(c) for c in ckpts]
+    mean = {k: (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype) if v.is_floating_point() else v.clone()
+            for k, v in weights[0].items()}
+    return atomic_save(_for_sampling(first, mean), dst)
 
 # %% ../nbs/91_checkpoint.ipynb #26642675
 PRETRAINED = {'unconditional': 'fm_mnist_cpu.pt', 'conditional': 'fm_mnist_cpu_cond.pt',

@@ -188,7 +188,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, TrainConfig, str, dict | None]:
     "`(recipe, model config, train config, why, init checkpoint)`: the recipe's configs with the flags given on top."
-    recipe, mc, tc, why = resolve_preset(args.preset or 'auto', device.type)
+    recipe, mc, tc, why = resolve_preset(args.preset or 'auto', device.type, length_given=bool(args.epochs or args.minutes))
     init = None
     if args.init_from:
         for flag in ('base_channels', 'time_emb_dim'):
@@ -201,8 +201,6 @@ def _configs_from_args(args, device: torch.device) -> tuple[str, ModelConfig, Tr
         if args.conditional: mc = replace(mc, num_classes=NUM_CLASSES)
         given = {k: getattr(args, k) for k, cls in _RECIPE_FLAGS.items() if cls is TrainConfig and getattr(args, k) is not None}
         if 'epochs' in given: given['minutes'] = None              # epochs given: the recipe's time budget no longer applies
-        if given.keys() & {'epochs', 'minutes'} and why.startswith('auto'):
-            why = why.split(' for ')[0]                            # the length is the one asked for, not the auto recipe's
         if init is not None: given.setdefault('optimizer', 'adamw')  # fine-tuning: AdamW (Muon's lr is one for training from scratch)
         if args.compile: given['compile'] = True
         tc = replace(tc, **given)

@@ -197,14 +197,16 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
 }
 AUTO_MINUTES = 30  # the budget `auto` gives a machine without CUDA
 
-def resolve_preset(name: str, device_type: str) -> tuple[str, ModelConfig, TrainConfig, str]:
-    "`(recipe name, model config, train config, why)` for `--preset name` on a device of type `device_type`."
+def resolve_preset(name: str, device_type: str, length_given: bool = False) -> tuple[str, ModelConfig, TrainConfig, str]:
+    """`(recipe name, model config, train config, why)` for `--preset name` on a device of type `device_type`;
+    `length_given`: the run's length is set by hand, so `why` leaves out the auto recipe's own."""
     if name != 'auto':
         if name not in PRESETS: raise ValueError(f"preset must be 'auto' or one of {', '.join(PRESETS)}, got {name!r}")
         return (name, *PRESETS[name], 'as asked')
     if device_type == 'cuda': return ('gpu', *PRESETS['gpu'], 'auto: a CUDA GPU is available')
     mc, tc = PRESETS['cpu']
     where = 'Apple MPS' if device_type == 'mps' else 'no CUDA GPU'
+    if length_given: return ('cpu', mc, replace(tc, minutes=float(AUTO_MINUTES)), f'auto: {where}, so the cpu recipe')
     return ('cpu', mc, replace(tc, minutes=float(AUTO_MINUTES)),
             f"auto: {where}, so the cpu recipe for {AUTO_MINUTES} minutes instead of the gpu recipe's {PRESETS['gpu'][1].epochs} epochs")
 
